@@ -60,12 +60,16 @@ int dt_access_log_reopen(void);
 void dt_access_log_close(void);
 bool dt_access_log_enabled(void);
 
+/* Format ENTRY and write it (one write() per line). Any thread. */
+void dt_access_log_write(const dt_access_entry *entry, dt_log_format fmt);
+
+/* Write whole lines already formatted (a worker's buffer). Any thread. */
+void dt_access_log_write_raw(const char *buf, size_t len);
+
 /*
- * Format ENTRY and write it (one write() per line). Any thread. Formatting is
- * pure and exposed for tests: it returns the line length (with '\n'), or the
- * length it would need when it does not fit in cap.
+ * Format ENTRY as one line (with '\n') into OUT. Pure. Returns the line
+ * length, or the length it would need when it does not fit in CAP.
  */
-void dt_access_log_write(const dt_access_entry *entry);
 size_t dt_access_log_format(const dt_access_entry *entry, dt_log_format fmt, char *out, size_t cap);
 
 #endif

@@ -65,10 +65,13 @@ void dt_metrics_connections(dt_metrics_worker *w, int delta);
 /* A config reload attempt. */
 void dt_metrics_reload(bool ok);
 
+struct dt_config;
+
 /*
  * Render every family in Prometheus text format into a malloc'd buffer
- * (*out, *len); the caller frees it. Any thread. Returns DT_OK or DT_ENOMEM.
+ * (*out, *len); the caller frees it. Per-route gauges cover the routes of
+ * CFG (the running snapshot). Any thread. Returns DT_OK or DT_ENOMEM.
  */
-int dt_metrics_render(char **out, size_t *len);
+int dt_metrics_render(const struct dt_config *cfg, char **out, size_t *len);
 
 #endif

@@ -1,0 +1,47 @@
+/*
+ * front.h - the client side: libmicrohttpd daemons in external-epoll mode,
+ * request validation, the route decision, local answers (redirects, errors)
+ * and the client half of relaying (body in, response out). The only module
+ * that includes <microhttpd.h>.
+ *
+ * All functions run on the worker's own thread.
+ */
+#ifndef DETOUR_FRONT_H
+#define DETOUR_FRONT_H
+
+#include "detour/loop.h"
+
+/*
+ * Start one daemon per listener kind for W (plain, and one per TLS
+ * listener), none of them listening: the worker accepts and hands
+ * connections over. DT_OK, or DT_EIO with a message in err.
+ */
+int dt_front_start(dt_worker *w, char *err, size_t errlen);
+void dt_front_stop(dt_worker *w);
+
+/* Hand an accepted socket to daemon DAEMON. On failure the socket is closed. */
+int dt_front_add_connection(dt_worker *w, int daemon, int fd, const struct sockaddr *sa,
+                            socklen_t salen, const dt_conn_init *init);
+
+/* Run every daemon once (non-blocking). */
+void dt_front_run(dt_worker *w);
+
+/* Milliseconds until a daemon needs to run again; -1 for none. */
+int64_t dt_front_timeout(dt_worker *w);
+
+/* Close connections whose request head is late (timeouts.header_ms): 408. */
+void dt_front_sweep(dt_worker *w, int64_t now);
+
+/* Stop accepting new requests on keep-alive connections (drain). */
+void dt_front_quiesce(dt_worker *w);
+
+/* The upstream side has news for R: resume its connection if it waits. */
+void dt_front_upstream_head(dt_req *r);  /* final response head complete */
+void dt_front_upstream_body(dt_req *r);  /* more body in r->down */
+void dt_front_upstream_done(dt_req *r);  /* transfer finished (ok or r->transfer_err) */
+void dt_front_upload_space(dt_req *r);   /* r->up has room again */
+
+/* The client of a suspended request hung up. */
+void dt_front_client_hangup(dt_req *r);
+
+#endif

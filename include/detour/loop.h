@@ -1,0 +1,266 @@
+/*
+ * loop.h - the per-thread state that the event loop's modules share:
+ * worker.c (the loop, listeners, timers), front.c (libmicrohttpd, the client
+ * side), upstream.c (libcurl, the upstream side) and tunnel.c (CONNECT).
+ *
+ * Ownership, in one place:
+ * - dt_worker is created and freed by the main thread, used only by its own
+ *   thread in between.
+ * - dt_conn is one client connection known to libmicrohttpd: allocated in the
+ *   connection-started notification, freed in the connection-closed one.
+ * - dt_req is one request: allocated when libmicrohttpd has read the request
+ *   line (the URI log callback), freed when its last reference goes. It has
+ *   up to two references: libmicrohttpd's (dropped in the request-completed
+ *   notification) and the streaming response's (dropped when libmicrohttpd
+ *   destroys the response). So neither callback can free it under the other.
+ *   The request also owns its curl easy handle while a transfer runs; the
+ *   handle goes back to the worker's pool when the transfer ends.
+ * Nothing here is freed inside a callback that is still using it.
+ */
+#ifndef DETOUR_LOOP_H
+#define DETOUR_LOOP_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include "detour/config.h"
+#include "detour/headers.h"
+#include "detour/list.h"
+#include "detour/metrics.h"
+#include "detour/ring.h"
+#include "detour/worker.h"
+
+struct MHD_Daemon;
+struct MHD_Connection;
+struct MHD_Response;
+
+/* Kinds of things registered in a worker's epoll set; first member of each. */
+typedef enum dt_ev_kind {
+    DT_EV_WAKE = 1,  /* the worker's eventfd */
+    DT_EV_LISTEN,    /* a listening socket */
+    DT_EV_MHD,       /* a libmicrohttpd daemon's epoll fd */
+    DT_EV_CURL,      /* a socket curl asked us to watch */
+    DT_EV_CLIENT,    /* a suspended request's client socket (hang-up watch) */
+    DT_EV_PEEK,      /* a new connection whose first bytes we wait for */
+    DT_EV_TUNNEL,    /* one side of a CONNECT tunnel */
+} dt_ev_kind;
+
+typedef struct dt_ev {
+    dt_ev_kind kind;
+} dt_ev;
+
+/* Body buffers: a relayed body only ever passes through these. */
+#define DT_RING_SIZE (64 * 1024)
+/* A response body up to this size (known Content-Length) is collected whole
+ * and sent with its head in one write; larger ones are streamed. */
+#define DT_SMALL_BODY (64 * 1024)
+/* The most request body detour reads and throws away to keep a connection
+ * usable after answering without the body (redirects, early errors). */
+#define DT_DISCARD_MAX (4 * 1024 * 1024)
+/* The largest upstream response head accepted (502 beyond). */
+#define DT_UPSTREAM_HEAD_MAX (12 * 1024)
+/* Concurrent curl transfers per worker; more wait in a queue (curl scans its
+ * connection cache linearly for each new transfer). */
+#define DT_MAX_ACTIVE_TRANSFERS 128
+
+typedef struct dt_listener {
+    dt_ev ev;
+    int fd;
+    const dt_listen *conf; /* in the worker's snapshot at start-up */
+    int daemon;            /* index into dt_worker.daemons */
+    bool tls;
+    bool paused; /* removed from epoll while at the connection limit */
+    struct dt_worker *w;
+} dt_listener;
+
+typedef struct dt_daemon {
+    dt_ev ev;
+    struct MHD_Daemon *mhd;
+    int epfd;
+    bool tls;
+    struct dt_worker *w;
+} dt_daemon;
+
+/* What the accept path learnt about a connection before libmicrohttpd sees it. */
+typedef struct dt_conn_init {
+    const dt_listener *listener;
+    bool has_orig_dst;
+    struct sockaddr_storage orig_dst; /* transparent mode: where the client meant to go */
+    int64_t accepted_ms;
+} dt_conn_init;
+
+typedef struct dt_conn {
+    struct dt_worker *w;
+    int fd;
+    bool tls;
+    const dt_listener *listener;
+    char client_ip[64]; /* textual, without port */
+    bool has_orig_dst;
+    struct sockaddr_storage orig_dst;
+    int64_t head_since; /* monotonic ms a request head began, 0 = none pending */
+    int64_t idle_since; /* monotonic ms the previous request ended */
+    dt_list head_link;  /* in worker.head_wait while a request head is awaited */
+    unsigned nrequests;
+    struct dt_req *req; /* the request in progress, if any */
+} dt_conn;
+
+typedef enum dt_req_state {
+    DT_REQ_NEW = 0, /* request line read, head not yet complete */
+    DT_REQ_LOCAL,   /* detour answers itself; any body is discarded */
+    DT_REQ_RELAY,   /* relaying to an upstream */
+    DT_REQ_QUEUED,  /* the response is queued with libmicrohttpd */
+} dt_req_state;
+
+/* Why a request's connection is suspended. */
+typedef enum dt_wait {
+    DT_WAIT_NONE = 0,
+    DT_WAIT_UPLOAD,   /* body ring full: wait for curl to drain it */
+    DT_WAIT_RESPONSE, /* body complete: wait for the upstream's response */
+    DT_WAIT_BODY,     /* streaming: wait for more upstream body */
+} dt_wait;
+
+/* An upstream response header kept until the client response is built. */
+typedef struct dt_hdr {
+    uint32_t name, value; /* offsets into dt_req.rh_buf */
+    uint32_t name_len, value_len;
+} dt_hdr;
+
+#define DT_RESP_HDRS_MAX 128
+
+typedef struct dt_req {
+    struct dt_worker *w;
+    dt_conn *conn;
+    struct MHD_Connection *mhd;
+    dt_config *cfg; /* reference held for the request's life */
+    int refs;
+    dt_req_state state;
+    dt_wait wait;
+    dt_ev client_ev; /* DT_EV_CLIENT while suspended */
+    bool watching;   /* client_ev registered in the worker's epoll */
+
+    /* The request as received. */
+    char *target; /* raw request target, NUL-terminated (inline or heap) */
+    size_t target_len;
+    char target_inline[192];
+    const char *method; /* libmicrohttpd's copy, valid for the request's life */
+    size_t method_len;
+    const char *version;
+    bool is_head;
+    bool has_body;       /* Content-Length > 0 or chunked */
+    bool chunked;
+    int64_t content_length; /* -1 when not given */
+    uint64_t body_received;
+    uint64_t body_discarded;
+    bool discard; /* read and drop the rest of the body */
+    bool upload_done;
+    int64_t start_us;
+    int64_t start_wall;
+    char host[256]; /* Host (or target authority) without port, lower case */
+    char scheme[8]; /* "http" or "https" as the client used */
+
+    /* The decision. */
+    const dt_route *route;
+    dt_action action;
+    const dt_upstream *upstream;
+    char *location; /* heap copy of a redirect or rewritten Location, for the log */
+
+    /* The answer. */
+    int status; /* status sent to the client */
+    struct MHD_Response *resp; /* built, not yet queued */
+    bool close_after; /* ask libmicrohttpd to close after the response */
+    uint64_t bytes_sent;
+
+    /* Relaying. */
+    void *easy; /* CURL * while a transfer runs */
+    void *hdrs; /* struct curl_slist * */
+    char *url;  /* heap URL for forward/transparent destinations */
+    dt_str replace_host; /* forward mode: the Host to send (the target authority) */
+    dt_ring up;   /* client body -> upstream */
+    dt_ring down; /* upstream body -> client (streamed responses) */
+    bool transfer_active;
+    bool transfer_done;
+    int transfer_err; /* dt_err class when the transfer failed */
+    bool head_done;   /* the upstream's final response head is complete */
+    int up_status;
+    bool rewritten; /* 302->307 or 301->308 applied */
+    bool recv_paused, send_paused;
+    bool client_gone;
+    bool small;       /* collect the whole body, then answer from memory */
+    char *small_buf;
+    size_t small_len, small_cap;
+    int64_t resp_length; /* upstream Content-Length, -1 unknown */
+    char *rh_buf;        /* upstream response head bytes (names and values) */
+    uint32_t rh_len, rh_cap;
+    dt_hdr rh[DT_RESP_HDRS_MAX];
+    unsigned nrh;
+    dt_list link;      /* in one of the worker's queues (wait, unpause) */
+    dt_list timer;     /* in worker.up_timers while waiting on the upstream */
+    int64_t deadline;  /* for timer */
+} dt_req;
+
+typedef struct dt_curl_sock {
+    dt_ev ev;
+    int fd;
+    int events; /* EPOLLIN/EPOLLOUT currently registered */
+} dt_curl_sock;
+
+typedef struct dt_worker {
+    struct dt_server *srv;
+    int index;
+    pthread_t thread;
+    bool started;
+    int epfd;
+    dt_ev wake_ev;
+    int wake_fd; /* eventfd */
+    _Atomic unsigned posted; /* DT_POST_* bits set by other threads */
+    dt_config *cfg;          /* the snapshot new requests use (one reference) */
+    dt_config *boot_cfg;     /* the snapshot listeners and daemons were made from */
+    dt_metrics_worker *metrics;
+
+    dt_listener *listeners;
+    size_t nlisteners;
+    dt_daemon *daemons;
+    size_t ndaemons;
+    bool mhd_pending; /* run libmicrohttpd again before blocking (resumes) */
+
+    void *multi; /* CURLM * */
+    int64_t curl_deadline; /* monotonic ms, -1 none */
+    void **easy_pool;      /* idle CURL * handles */
+    size_t neasy_pool, easy_pool_cap;
+    unsigned active_transfers;
+    dt_list waitq;    /* requests waiting for a transfer slot */
+    dt_list unpauseq; /* requests whose curl transfer must be unpaused */
+    dt_list up_timers; /* requests waiting on the upstream, by deadline */
+    dt_list head_wait; /* connections awaiting a request head */
+    int64_t next_sweep;
+    int64_t last_sweep;
+
+    unsigned nconns; /* client connections of this worker */
+    bool draining;
+    int64_t drain_deadline;
+    bool stop;
+
+    /* Stashed for the connection-started notification of MHD_add_connection. */
+    const dt_conn_init *adding;
+
+    char *logbuf; /* access log lines waiting for one write */
+    size_t loglen, logcap;
+} dt_worker;
+
+#define DT_POST_RELOAD 1u
+#define DT_POST_DRAIN 2u
+#define DT_POST_LOGROTATE 4u
+
+/* worker.c services for the other loop modules. */
+int dt_worker_watch(dt_worker *w, int fd, uint32_t events, dt_ev *ev);   /* EPOLL_CTL_ADD */
+int dt_worker_rewatch(dt_worker *w, int fd, uint32_t events, dt_ev *ev); /* EPOLL_CTL_MOD */
+void dt_worker_unwatch(dt_worker *w, int fd);                            /* EPOLL_CTL_DEL */
+void dt_worker_conn_closed(dt_worker *w);     /* a client connection ended */
+void dt_worker_log_access(dt_worker *w, const char *line, size_t len);
+
+/* Server-wide connection accounting (limits.max_connections), any worker. */
+bool dt_server_conn_acquire(struct dt_server *srv);
+void dt_server_conn_release(struct dt_server *srv);
+
+#endif

@@ -1,0 +1,89 @@
+/*
+ * page.c - HTML bodies for detour's own answers.
+ */
+#include <stdio.h>
+
+#include "detour/page.h"
+
+const char *dt_status_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 508: return "Loop Detected";
+    default: return "Unknown";
+    }
+}
+
+size_t dt_html_escape(char *out, size_t cap, dt_str s)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < s.n; i++) {
+        const char *rep = NULL;
+        switch (s.p[i]) {
+        case '&': rep = "&amp;"; break;
+        case '<': rep = "&lt;"; break;
+        case '>': rep = "&gt;"; break;
+        case '"': rep = "&quot;"; break;
+        case '\'': rep = "&#39;"; break;
+        }
+        size_t len = rep ? strlen(rep) : 1;
+        if (n + len <= cap)
+            memcpy(out + n, rep ? rep : &s.p[i], len);
+        n += len;
+    }
+    return n;
+}
+
+#define REDIRECT_HEAD "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n<body><h1>%s</h1>\n<p>The document is at <a href=\""
+#define REDIRECT_TAIL "\">this location</a>.</p></body></html>\n"
+
+size_t dt_page_redirect_size(dt_str location)
+{
+    /* Escaping at most multiplies a byte by six ("&quot;"). */
+    return sizeof(REDIRECT_HEAD) + 64 + location.n * 6 + sizeof(REDIRECT_TAIL);
+}
+
+size_t dt_page_redirect(char *out, size_t cap, int status, dt_str location)
+{
+    const char *reason = dt_status_reason(status);
+    int head = snprintf(out, cap, REDIRECT_HEAD, status, reason, reason);
+    size_t n = head < 0 ? 0 : (size_t)head;
+
+    n += dt_html_escape(n < cap ? out + n : out, n < cap ? cap - n : 0, location);
+    if (n + sizeof(REDIRECT_TAIL) <= cap)
+        memcpy(out + n, REDIRECT_TAIL, sizeof(REDIRECT_TAIL));
+    return n + sizeof(REDIRECT_TAIL) - 1;
+}
+
+size_t dt_page_error(char *out, size_t cap, int status, const char *detail)
+{
+    const char *reason = dt_status_reason(status);
+    char esc[512];
+    size_t elen = dt_html_escape(esc, sizeof esc - 1, (dt_str){detail, strlen(detail)});
+    if (elen > sizeof esc - 1)
+        elen = 0;
+    int n = snprintf(out, cap,
+                     "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
+                     "<body><h1>%d %s</h1>\n<p>%.*s</p>\n<hr><p>detour</p></body></html>\n",
+                     status, reason, status, reason, (int)elen, esc);
+    return n < 0 ? 0 : (size_t)n;
+}

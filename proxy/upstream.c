@@ -1,0 +1,694 @@
+/*
+ * upstream.c - relaying to upstreams with one curl multi handle per worker.
+ *
+ * curl is driven by the worker's epoll through the socket API: curl tells us
+ * which sockets to watch (socket_cb) and when to call it back (timer_cb, kept
+ * in a variable: a timerfd cost ~12% CPU in a profile). Transfers are easy
+ * handles recycled through a per-worker pool; options that never change are
+ * set once when a handle is made, the rest before each transfer.
+ *
+ * Backpressure both ways goes through the request's two fixed rings: when a
+ * ring is full curl is paused (CURL_WRITEFUNC_PAUSE / CURL_READFUNC_PAUSE),
+ * and the client side asks for an unpause when it made room. curl_easy_pause
+ * may call the write callback synchronously, so it is only ever called from
+ * the loop (dt_upstream_process), never from inside a libmicrohttpd callback.
+ *
+ * Timeouts: curl's connect timeout bounds connecting; timeouts.upstream_ms is
+ * ours: the time a request waits on the upstream without any progress, kept
+ * in a deadline list (every entry has the same timeout, so the list is
+ * sorted by construction). Time spent paused because the client is slow is
+ * not the upstream's fault and is not counted.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+
+#include "detour/forwarded.h"
+#include "detour/front.h"
+#include "detour/log.h"
+#include "detour/upstream.h"
+
+int dt_upstream_global_init(void)
+{
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? DT_OK : DT_EIO;
+}
+
+void dt_upstream_global_cleanup(void)
+{
+    curl_global_cleanup();
+}
+
+/* ------------------------------------------------------------ curl driving */
+
+static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    dt_worker *w = userp;
+    dt_curl_sock *s = socketp;
+    uint32_t events;
+
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (s != NULL) {
+            dt_worker_unwatch(w, fd);
+            curl_multi_assign(w->multi, fd, NULL);
+            free(s);
+        }
+        return 0;
+    }
+    events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+    if (s == NULL) {
+        s = calloc(1, sizeof *s);
+        if (s == NULL)
+            return -1;
+        s->ev.kind = DT_EV_CURL;
+        s->fd = fd;
+        s->events = (int)events;
+        if (dt_worker_watch(w, fd, events, &s->ev) != 0) {
+            free(s);
+            return -1;
+        }
+        curl_multi_assign(w->multi, fd, s);
+    } else if ((uint32_t)s->events != events) {
+        s->events = (int)events;
+        dt_worker_rewatch(w, fd, events, &s->ev);
+    }
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    dt_worker *w = userp;
+
+    (void)multi;
+    w->curl_deadline = timeout_ms < 0 ? -1 : dt_now_ms() + timeout_ms;
+    return 0;
+}
+
+int dt_upstream_init(dt_worker *w)
+{
+    CURLM *m = curl_multi_init();
+
+    if (m == NULL)
+        return DT_ENOMEM;
+    curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(m, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(m, CURLMOPT_TIMERDATA, w);
+    /* Keep an idle connection for every transfer slot so keep-alive reuse holds. */
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)DT_MAX_ACTIVE_TRANSFERS * 2);
+    w->multi = m;
+    w->curl_deadline = -1;
+    dt_list_init(&w->waitq);
+    dt_list_init(&w->unpauseq);
+    dt_list_init(&w->up_timers);
+    return DT_OK;
+}
+
+void dt_upstream_cleanup(dt_worker *w)
+{
+    for (size_t i = 0; i < w->neasy_pool; i++)
+        curl_easy_cleanup(w->easy_pool[i]);
+    free(w->easy_pool);
+    w->easy_pool = NULL;
+    w->neasy_pool = w->easy_pool_cap = 0;
+    if (w->multi != NULL)
+        curl_multi_cleanup(w->multi);
+    w->multi = NULL;
+}
+
+void dt_upstream_socket_event(dt_worker *w, dt_curl_sock *s, uint32_t events)
+{
+    int flags = 0, running;
+
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+        flags |= CURL_CSELECT_IN;
+    if (events & EPOLLOUT)
+        flags |= CURL_CSELECT_OUT;
+    if (events & EPOLLERR)
+        flags |= CURL_CSELECT_ERR;
+    curl_multi_socket_action(w->multi, s->fd, flags, &running);
+}
+
+/* ------------------------------------------------------------ the deadline list */
+
+static void timer_arm(dt_req *r)
+{
+    dt_list_remove(&r->timer);
+    if (!r->transfer_active || r->recv_paused || r->send_paused)
+        return;
+    r->deadline = dt_now_ms() + r->cfg->timeouts.upstream_ms;
+    dt_list_append(&r->w->up_timers, &r->timer);
+}
+
+/* ------------------------------------------------------------ callbacks */
+
+static bool starts_with(const char *p, size_t n, const char *lit)
+{
+    size_t l = strlen(lit);
+    return n >= l && memcmp(p, lit, l) == 0;
+}
+
+static int parse_status(const char *p, size_t n)
+{
+    /* "HTTP/1.1 302 Found" */
+    const char *sp = memchr(p, ' ', n);
+    if (sp == NULL || (size_t)(sp - p) + 4 > n)
+        return -1;
+    int code = 0;
+    for (int i = 1; i <= 3; i++) {
+        if (sp[i] < '0' || sp[i] > '9')
+            return -1;
+        code = code * 10 + (sp[i] - '0');
+    }
+    return code;
+}
+
+static bool rh_append(dt_req *r, const char *p, size_t n, uint32_t *off)
+{
+    if (r->rh_len + n + 1 > DT_UPSTREAM_HEAD_MAX)
+        return false;
+    if (r->rh_buf == NULL) {
+        r->rh_buf = malloc(DT_UPSTREAM_HEAD_MAX);
+        if (r->rh_buf == NULL)
+            return false;
+        r->rh_cap = DT_UPSTREAM_HEAD_MAX;
+    }
+    *off = r->rh_len;
+    memcpy(r->rh_buf + r->rh_len, p, n);
+    r->rh_buf[r->rh_len + n] = '\0';
+    r->rh_len += (uint32_t)n + 1;
+    return true;
+}
+
+static void trim(const char **p, size_t *n)
+{
+    while (*n > 0 && ((*p)[0] == ' ' || (*p)[0] == '\t')) {
+        (*p)++;
+        (*n)--;
+    }
+    while (*n > 0 && ((*p)[*n - 1] == ' ' || (*p)[*n - 1] == '\t' || (*p)[*n - 1] == '\r' ||
+                      (*p)[*n - 1] == '\n'))
+        (*n)--;
+}
+
+/* An obs-fold continuation: join it to the previous value with one space (RFC 9112 5.2). */
+static bool fold_continuation(dt_req *r, const char *p, size_t n)
+{
+    if (r->nrh == 0)
+        return false;
+    dt_hdr *h = &r->rh[r->nrh - 1];
+    if (h->value + h->value_len + 1 != r->rh_len || r->rh_len + n + 1 > r->rh_cap)
+        return false;
+    r->rh_buf[r->rh_len - 1] = ' ';
+    memcpy(r->rh_buf + r->rh_len, p, n);
+    r->rh_buf[r->rh_len + n] = '\0';
+    h->value_len += 1 + (uint32_t)n;
+    r->rh_len += (uint32_t)n;
+    return true;
+}
+
+static bool header_line(dt_req *r, const char *p, size_t n)
+{
+    bool fold = n > 0 && (p[0] == ' ' || p[0] == '\t');
+    trim(&p, &n);
+    if (fold)
+        return fold_continuation(r, p, n);
+    const char *colon = memchr(p, ':', n);
+    if (colon == NULL || colon == p || r->nrh == DT_RESP_HDRS_MAX)
+        return false;
+    const char *name = p, *value = colon + 1;
+    size_t name_len = (size_t)(colon - p), value_len = n - name_len - 1;
+    trim(&value, &value_len);
+    if (!dt_is_token((dt_str){name, name_len}))
+        return false;
+    dt_hdr *h = &r->rh[r->nrh];
+    if (!rh_append(r, name, name_len, &h->name) || !rh_append(r, value, value_len, &h->value))
+        return false;
+    h->name_len = (uint32_t)name_len;
+    h->value_len = (uint32_t)value_len;
+    r->nrh++;
+    return true;
+}
+
+static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    dt_req *r = userdata;
+    size_t n = size * nitems;
+
+    if (r->head_done)
+        return n; /* trailers after a chunked body: not relayed */
+    timer_arm(r);
+    if (starts_with(buf, n, "HTTP/")) {
+        r->up_status = parse_status(buf, n);
+        r->nrh = 0;
+        r->rh_len = 0;
+        if (r->up_status < 100) {
+            r->transfer_err = DT_EPROTO;
+            return 0;
+        }
+        return n;
+    }
+    if (n <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
+        if (r->up_status >= 200) {
+            r->head_done = true;
+            dt_front_upstream_head(r);
+        }
+        return n; /* a 1xx block ends: its headers are dropped, the next status follows */
+    }
+    if (!header_line(r, buf, n)) {
+        r->transfer_err = r->rh_len + n + 1 > DT_UPSTREAM_HEAD_MAX || r->nrh == DT_RESP_HDRS_MAX
+                              ? DT_EHDRTOOBIG
+                              : DT_EPROTO;
+        return 0;
+    }
+    return n;
+}
+
+static size_t write_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    dt_req *r = userdata;
+    size_t n = size * nitems;
+
+    if (r->client_gone)
+        return 0;
+    if (r->small) {
+        if (r->small_len + n > r->small_cap) {
+            r->transfer_err = DT_EPROTO; /* more than the announced Content-Length */
+            return 0;
+        }
+        memcpy(r->small_buf + r->small_len, buf, n);
+        r->small_len += n;
+        timer_arm(r);
+        return n;
+    }
+    if (dt_ring_space(&r->down) < n) {
+        /* curl hands the same bytes again after the unpause: take all or nothing. */
+        r->recv_paused = true;
+        dt_list_remove(&r->timer);
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    dt_ring_write(&r->down, buf, n);
+    timer_arm(r);
+    dt_front_upstream_body(r);
+    return n;
+}
+
+static size_t read_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    dt_req *r = userdata;
+    size_t n = dt_ring_read(&r->up, buf, size * nitems);
+
+    if (n > 0) {
+        timer_arm(r);
+        dt_front_upload_space(r);
+        return n;
+    }
+    if (r->upload_done)
+        return 0;
+    if (r->client_gone)
+        return CURL_READFUNC_ABORT;
+    /* Waiting on the client, not the upstream: the upstream clock stops. */
+    r->send_paused = true;
+    dt_list_remove(&r->timer);
+    return CURL_READFUNC_PAUSE;
+}
+
+/* ------------------------------------------------------------ starting a transfer */
+
+static CURL *easy_get(dt_worker *w)
+{
+    if (w->neasy_pool > 0)
+        return w->easy_pool[--w->neasy_pool];
+
+    CURL *e = curl_easy_init();
+    if (e == NULL)
+        return NULL;
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    /* Bodies pass verbatim: no decoding, no Accept-Encoding of our own. */
+    curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+    /* Never let the environment (http_proxy, ...) send upstream traffic elsewhere. */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
+    return e;
+}
+
+static void easy_put(dt_worker *w, CURL *e)
+{
+    if (w->neasy_pool == w->easy_pool_cap) {
+        size_t cap = w->easy_pool_cap ? w->easy_pool_cap * 2 : 64;
+        void **p = realloc(w->easy_pool, cap * sizeof *p);
+        if (p == NULL) {
+            curl_easy_cleanup(e);
+            return;
+        }
+        w->easy_pool = p;
+        w->easy_pool_cap = cap;
+    }
+    w->easy_pool[w->neasy_pool++] = e;
+}
+
+typedef struct slist_builder {
+    struct curl_slist *list;
+    bool failed;
+    bool has_accept;
+    char line[8192 + 256];
+} slist_builder;
+
+static void slist_raw(slist_builder *b, const char *line)
+{
+    struct curl_slist *l;
+
+    if (b->failed)
+        return;
+    l = curl_slist_append(b->list, line);
+    if (l == NULL)
+        b->failed = true;
+    else
+        b->list = l;
+}
+
+static void slist_emit(void *ctx, dt_str name, dt_str value)
+{
+    slist_builder *b = ctx;
+    char *line = b->line;
+    char *heap = NULL;
+    size_t need = name.n + value.n + 3;
+
+    if (need > sizeof b->line) {
+        heap = malloc(need);
+        if (heap == NULL) {
+            b->failed = true;
+            return;
+        }
+        line = heap;
+    }
+    /* "Name;" makes curl send a header with an empty value ("Name:" would remove it). */
+    if (value.n == 0)
+        snprintf(line, need, "%.*s;", (int)name.n, name.p);
+    else
+        snprintf(line, need, "%.*s: %.*s", (int)name.n, name.p, (int)value.n, value.p);
+    if (dt_str_ieq_cstr(name.p, name.n, "Accept"))
+        b->has_accept = true;
+    slist_raw(b, line);
+    free(heap);
+}
+
+static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, size_t n)
+{
+    slist_builder b = {0};
+    char scratch[32], xff[2048];
+    dt_str method = {r->method, r->method_len};
+    dt_fwd_ctx c = {
+        .client_ip = {r->conn->client_ip, strlen(r->conn->client_ip)},
+        .proto = {r->scheme, strlen(r->scheme)},
+        .via_name = {r->cfg->via_name, strlen(r->cfg->via_name)},
+        .replace_host = r->replace_host,
+        .max_forwards = dt_str_eq(method, DT_STR_LIT("TRACE")) ||
+                        dt_str_eq(method, DT_STR_LIT("OPTIONS")),
+    };
+
+    for (size_t i = 0; i < n; i++)
+        if (dt_str_ieq_cstr(hdrs[i].name.p, hdrs[i].name.n, "Host")) {
+            c.host = hdrs[i].value;
+            break;
+        }
+    _Static_assert(sizeof(dt_req_header) == sizeof(dt_header_field), "same layout");
+    dt_fwd_request_headers((const dt_header_field *)hdrs, n, &c, scratch, xff, sizeof xff,
+                           slist_emit, &b);
+    /* Suppress what curl would add on its own: "Name:" removes a header. */
+    if (!b.has_accept)
+        slist_raw(&b, "Accept:");
+    slist_raw(&b, "Expect:");
+    if (b.failed) {
+        curl_slist_free_all(b.list);
+        return NULL;
+    }
+    return b.list;
+}
+
+static void set_request_options(dt_req *r, CURL *e)
+{
+    const dt_upstream *up = r->upstream;
+    bool upload = r->content_length >= 0 || r->chunked;
+
+    curl_easy_setopt(e, CURLOPT_URL, r->url != NULL ? r->url : up->url);
+    curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, r->target);
+    /* The order matters: UPLOAD resets the method to PUT/GET, NOBODY then makes HEAD. */
+    curl_easy_setopt(e, CURLOPT_UPLOAD, upload ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_NOBODY, r->is_head ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
+                     (r->is_head || (!upload && dt_str_eq((dt_str){r->method, r->method_len},
+                                                          DT_STR_LIT("GET"))))
+                         ? NULL
+                         : r->method);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                     (curl_off_t)(r->chunked ? -1 : (upload ? r->content_length : 0)));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)r->hdrs);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_READDATA, r);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)r->cfg->timeouts.connect_ms);
+    if (up != NULL && up->https) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
+        curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
+    } else {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
+    }
+}
+
+static void transfer_begin(dt_req *r)
+{
+    dt_worker *w = r->w;
+
+    if (curl_multi_add_handle(w->multi, r->easy) != CURLM_OK) {
+        r->transfer_done = true;
+        r->transfer_err = DT_ENOMEM;
+        dt_front_upstream_done(r);
+        return;
+    }
+    w->active_transfers++;
+    r->transfer_active = true;
+    timer_arm(r);
+}
+
+int dt_upstream_start(dt_req *r, const dt_req_header *hdrs, size_t nhdrs)
+{
+    dt_worker *w = r->w;
+    CURL *e;
+
+    if ((r->content_length > 0 || r->chunked) && dt_ring_init(&r->up, DT_RING_SIZE) != DT_OK)
+        return DT_ENOMEM;
+    r->hdrs = build_headers(r, hdrs, nhdrs);
+    if (r->hdrs == NULL)
+        return DT_ENOMEM;
+    e = easy_get(w);
+    if (e == NULL)
+        return DT_ENOMEM;
+    r->easy = e;
+    r->resp_length = -1;
+    set_request_options(r, e);
+    if (w->active_transfers >= DT_MAX_ACTIVE_TRANSFERS) {
+        dt_list_append(&w->waitq, &r->link);
+        return DT_OK;
+    }
+    transfer_begin(r);
+    return DT_OK;
+}
+
+/* ------------------------------------------------------------ ending a transfer */
+
+static void transfer_release(dt_req *r)
+{
+    dt_worker *w = r->w;
+
+    dt_list_remove(&r->timer);
+    dt_list_remove(&r->link);
+    if (r->easy != NULL) {
+        if (r->transfer_active) {
+            curl_multi_remove_handle(w->multi, r->easy);
+            w->active_transfers--;
+        }
+        easy_put(w, r->easy);
+        r->easy = NULL;
+    }
+    r->transfer_active = false;
+    curl_slist_free_all(r->hdrs);
+    r->hdrs = NULL;
+}
+
+void dt_upstream_abort(dt_req *r)
+{
+    if (r->easy == NULL)
+        return;
+    transfer_release(r);
+    if (!r->transfer_done) {
+        r->transfer_done = true;
+        if (r->transfer_err == DT_OK)
+            r->transfer_err = DT_ECLIENT;
+    }
+}
+
+static int classify(dt_req *r, CURLcode rc)
+{
+    long oserr = 0;
+
+    if (r->transfer_err != DT_OK)
+        return r->transfer_err; /* we aborted it ourselves, for a reason we know */
+    switch (rc) {
+    case CURLE_OK:
+        return DT_OK;
+    case CURLE_COULDNT_CONNECT:
+        curl_easy_getinfo(r->easy, CURLINFO_OS_ERRNO, &oserr);
+        return oserr == ETIMEDOUT ? DT_ECONNTIMEDOUT : DT_EREFUSED;
+    case CURLE_OPERATION_TIMEDOUT: {
+        double connect = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME, &connect);
+        return connect > 0 ? DT_ETIMEDOUT : DT_ECONNTIMEDOUT;
+    }
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return DT_ERESOLVE;
+    case CURLE_GOT_NOTHING:
+        return DT_EEMPTY;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+        return DT_ERESET;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+        return DT_ETLS;
+    default:
+        return DT_EPROTO;
+    }
+}
+
+static void transfer_finished(dt_worker *w, CURL *e, CURLcode rc)
+{
+    dt_req *r = NULL;
+
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+    if (r == NULL)
+        return;
+    r->transfer_err = classify(r, rc);
+    if (r->transfer_err == DT_OK && !r->head_done)
+        r->transfer_err = DT_EEMPTY;
+    if (r->transfer_err != DT_OK)
+        dt_log_debug("upstream transfer for %s failed: %s (curl: %s)", r->target,
+                     dt_strerror(r->transfer_err), curl_easy_strerror(rc));
+    transfer_release(r);
+    r->transfer_done = true;
+    dt_front_upstream_done(r);
+}
+
+static void start_waiting(dt_worker *w)
+{
+    while (w->active_transfers < DT_MAX_ACTIVE_TRANSFERS && !dt_list_empty(&w->waitq)) {
+        dt_req *r = dt_container_of(w->waitq.next, dt_req, link);
+        dt_list_remove(&r->link);
+        transfer_begin(r);
+    }
+}
+
+/* ------------------------------------------------------------ loop services */
+
+void dt_upstream_wake(dt_req *r)
+{
+    if (!r->transfer_active || (!r->recv_paused && !r->send_paused))
+        return;
+    if (!dt_list_linked(&r->link))
+        dt_list_append(&r->w->unpauseq, &r->link);
+}
+
+static void run_unpauses(dt_worker *w)
+{
+    /* Take the queue first: an unpause may run callbacks that queue again. */
+    dt_list q;
+    dt_list_init(&q);
+    if (!dt_list_empty(&w->unpauseq)) {
+        q.next = w->unpauseq.next;
+        q.prev = w->unpauseq.prev;
+        q.next->prev = &q;
+        q.prev->next = &q;
+        dt_list_init(&w->unpauseq);
+    }
+    while (!dt_list_empty(&q)) {
+        dt_req *r = dt_container_of(q.next, dt_req, link);
+        dt_list_remove(&r->link);
+        if (!r->transfer_active)
+            continue;
+        bool recv = r->recv_paused && dt_ring_space(&r->down) >= CURL_MAX_WRITE_SIZE;
+        bool send = r->send_paused && (dt_ring_used(&r->up) > 0 || r->upload_done);
+        if (!recv && !send)
+            continue;
+        if (recv)
+            r->recv_paused = false;
+        if (send)
+            r->send_paused = false;
+        timer_arm(r);
+        int mask = (r->recv_paused ? CURLPAUSE_RECV : 0) | (r->send_paused ? CURLPAUSE_SEND : 0);
+        curl_easy_pause(r->easy, mask);
+    }
+}
+
+static void run_timeouts(dt_worker *w, int64_t now)
+{
+    while (!dt_list_empty(&w->up_timers)) {
+        dt_req *r = dt_container_of(w->up_timers.next, dt_req, timer);
+        if (r->deadline > now)
+            break;
+        dt_list_remove(&r->timer);
+        r->transfer_err = DT_ETIMEDOUT;
+        dt_log_debug("upstream timeout for %s after %d ms", r->target,
+                     r->cfg->timeouts.upstream_ms);
+        transfer_release(r);
+        r->transfer_done = true;
+        dt_front_upstream_done(r);
+    }
+}
+
+void dt_upstream_process(dt_worker *w, int64_t now)
+{
+    int running, pending;
+    CURLMsg *msg;
+
+    if (w->curl_deadline >= 0 && w->curl_deadline <= now) {
+        w->curl_deadline = -1;
+        curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    run_unpauses(w);
+    while ((msg = curl_multi_info_read(w->multi, &pending)) != NULL)
+        if (msg->msg == CURLMSG_DONE)
+            transfer_finished(w, msg->easy_handle, msg->data.result);
+    run_timeouts(w, now);
+    start_waiting(w);
+}
+
+int64_t dt_upstream_timeout(dt_worker *w, int64_t now)
+{
+    int64_t t = -1;
+
+    if (!dt_list_empty(&w->unpauseq))
+        return 0;
+    if (w->curl_deadline >= 0)
+        t = w->curl_deadline > now ? w->curl_deadline - now : 0;
+    if (!dt_list_empty(&w->up_timers)) {
+        dt_req *r = dt_container_of(w->up_timers.next, dt_req, timer);
+        int64_t d = r->deadline > now ? r->deadline - now : 0;
+        if (t < 0 || d < t)
+            t = d;
+    }
+    return t;
+}
