@@ -83,6 +83,7 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
     r->action = DT_ACTION_RELAY;
     dt_list_init(&r->link);
     dt_list_init(&r->timer);
+    dt_list_init(&r->susp_link);
     return r;
 }
 
@@ -107,25 +108,37 @@ static void req_unref(dt_req *r)
 
 /* ------------------------------------------------------------ suspend / resume */
 
+/*
+ * A suspended connection has left libmicrohttpd's epoll set, so a client
+ * hanging up goes unnoticed. Watching every suspension would cost two
+ * epoll_ctl calls per request; instead the sweep watches the ones suspended
+ * for longer than DT_HANGUP_WATCH_MS (dt_front_sweep), which bounds how long
+ * an abandoned request can hold its upstream.
+ */
+#define DT_HANGUP_WATCH_MS 1000
+
 static void suspend(dt_req *r, dt_wait why)
 {
     r->wait = why;
     MHD_suspend_connection(r->mhd);
-    /* A suspended connection has left libmicrohttpd's epoll set; watch it for a
-     * hang-up ourselves so an abandoned request does not hold its upstream. */
-    if (r->conn != NULL && !r->watching &&
-        dt_worker_watch(r->w, r->conn->fd, EPOLLRDHUP | EPOLLET, &r->client_ev) == 0)
-        r->watching = true;
+    r->suspended_at = dt_now_ms();
+    dt_list_append(&r->w->suspended, &r->susp_link);
+}
+
+static void unwatch(dt_req *r)
+{
+    if (r->watching) {
+        dt_worker_unwatch(r->w, r->conn->fd);
+        r->watching = false;
+    }
 }
 
 static void resume(dt_req *r)
 {
     if (r->wait == DT_WAIT_NONE)
         return;
-    if (r->watching) {
-        dt_worker_unwatch(r->w, r->conn->fd);
-        r->watching = false;
-    }
+    unwatch(r);
+    dt_list_remove(&r->susp_link);
     r->wait = DT_WAIT_NONE;
     MHD_resume_connection(r->mhd);
     r->w->mhd_pending = true;
@@ -140,12 +153,16 @@ void dt_front_client_hangup(dt_req *r)
 
 /* ------------------------------------------------------------ local answers */
 
-static struct MHD_Response *page_response(int status, const char *detail)
+static struct MHD_Response *page_response(dt_req *r, int status, const char *detail)
 {
     char buf[2048];
     size_t n = dt_page_error(buf, sizeof buf, status, detail);
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(n < sizeof buf ? n : 0, buf, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *resp;
+
+    if (n >= sizeof buf)
+        n = 0;
+    resp = MHD_create_response_from_buffer(n, buf, MHD_RESPMEM_MUST_COPY);
+    r->bytes_sent = r->is_head ? 0 : n;
 
     if (resp != NULL)
         MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
@@ -180,7 +197,7 @@ static enum MHD_Result answer_and_close(dt_req *r, int status, const char *detai
 {
     r->action = DT_ACTION_ERROR;
     r->close_after = true;
-    set_answer(r, status, page_response(status, detail));
+    set_answer(r, status, page_response(r, status, detail));
     return queue(r);
 }
 
@@ -207,7 +224,7 @@ static enum MHD_Result answer_locally(dt_req *r, bool expect_continue)
 static enum MHD_Result answer_error(dt_req *r, int status, const char *detail, bool expect_continue)
 {
     r->action = DT_ACTION_ERROR;
-    set_answer(r, status, page_response(status, detail));
+    set_answer(r, status, page_response(r, status, detail));
     return answer_locally(r, expect_continue);
 }
 
@@ -223,6 +240,7 @@ static enum MHD_Result answer_redirect(dt_req *r, const dt_verdict *v, bool expe
         resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
         if (resp == NULL)
             free(body);
+        r->bytes_sent = r->is_head ? 0 : n;
     }
     if (resp != NULL) {
         char ra[32];
@@ -461,7 +479,7 @@ static enum MHD_Result on_relay_body(dt_req *r, const char *data, size_t *size)
         dt_upstream_abort(r);
         r->discard = true;
         r->action = DT_ACTION_ERROR;
-        set_answer(r, 413, page_response(413, "the request body is larger than this proxy accepts"));
+        set_answer(r, 413, page_response(r, 413, "the request body is larger than this proxy accepts"));
         return discard_body(r, size);
     }
     n = dt_ring_write(&r->up, data, *size);
@@ -666,7 +684,7 @@ static void answer_upstream_error(dt_req *r)
                               r->upstream != NULL ? dt_metrics_upstream(r->upstream->name) : NULL,
                               r->transfer_err);
     r->action = DT_ACTION_ERROR;
-    set_answer(r, status, page_response(status, dt_strerror(r->transfer_err)));
+    set_answer(r, status, page_response(r, status, dt_strerror(r->transfer_err)));
 }
 
 void dt_front_upstream_head(dt_req *r)
@@ -701,16 +719,20 @@ void dt_front_upstream_head(dt_req *r)
         }
         return;
     }
-    if (!status_has_body(status)) {
+    if (status == 204) {
         resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     } else {
-        uint64_t size = r->resp_length >= 0 ? (uint64_t)r->resp_length : MHD_SIZE_UNKNOWN;
-        if (!r->is_head && dt_ring_init(&r->down, DT_RING_SIZE) != DT_OK) {
+        /* HEAD and 304 carry the length a GET would have had, and no body:
+         * libmicrohttpd takes that length from the size and never calls the
+         * reader. Everything else streams from the download ring. */
+        bool body = !r->is_head && status_has_body(status);
+        uint64_t size = r->resp_length >= 0 ? (uint64_t)r->resp_length
+                                            : (body || r->is_head ? MHD_SIZE_UNKNOWN : 0);
+        if (body && dt_ring_init(&r->down, DT_RING_SIZE) != DT_OK) {
             r->transfer_err = DT_ENOMEM;
             dt_upstream_abort(r);
             return;
         }
-        /* For HEAD the reader is never called; the size gives the Content-Length. */
         resp = MHD_create_response_from_callback(size, DT_STREAM_BLOCK, body_reader, r,
                                                  body_reader_free);
         if (resp != NULL)
@@ -857,10 +879,8 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls,
         return;
     *req_cls = NULL;
     k = r->conn;
-    if (r->watching) {
-        dt_worker_unwatch(r->w, k->fd);
-        r->watching = false;
-    }
+    unwatch(r);
+    dt_list_remove(&r->susp_link);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->transfer_active)
         r->client_gone = true;
     dt_upstream_abort(r);
@@ -976,6 +996,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* ------------------------------------------------------------ daemons */
+
+static int64_t dt_front_timeout_raw(dt_worker *w);
 
 static char *read_file(const char *path, char *err, size_t errlen)
 {
@@ -1105,26 +1127,35 @@ int dt_front_add_connection(dt_worker *w, int daemon, int fd, const struct socka
     return ok == MHD_YES ? DT_OK : DT_EIO;
 }
 
-void dt_front_run(dt_worker *w)
+void dt_front_run(dt_worker *w, int64_t now)
 {
+    /* MHD_run costs an epoll_wait of its own: only when something is due. */
+    if (!w->mhd_pending && now < w->mhd_due)
+        return;
     w->mhd_pending = false;
     for (size_t i = 0; i < w->ndaemons; i++)
         MHD_run(w->daemons[i].mhd);
+    w->mhd_due = now + dt_front_timeout_raw(w);
 }
 
-int64_t dt_front_timeout(dt_worker *w)
+/* libmicrohttpd's own next deadline (connection timeouts), capped at a minute. */
+static int64_t dt_front_timeout_raw(dt_worker *w)
 {
-    int64_t best = -1;
+    int64_t best = 60000;
 
-    if (w->mhd_pending)
-        return 0;
     for (size_t i = 0; i < w->ndaemons; i++) {
         MHD_UNSIGNED_LONG_LONG t;
-        if (MHD_get_timeout(w->daemons[i].mhd, &t) == MHD_YES &&
-            (best < 0 || (int64_t)t < best))
+        if (MHD_get_timeout(w->daemons[i].mhd, &t) == MHD_YES && (int64_t)t < best)
             best = (int64_t)t;
     }
     return best;
+}
+
+int64_t dt_front_timeout(dt_worker *w, int64_t now)
+{
+    if (w->mhd_pending)
+        return 0;
+    return w->mhd_due > now ? w->mhd_due - now : 0;
 }
 
 /* ------------------------------------------------------------ head timeouts */
@@ -1156,11 +1187,24 @@ static bool data_since(const dt_conn *k, int64_t now, int64_t since)
     return now - (int64_t)ti.tcpi_last_data_recv > since;
 }
 
+static void watch_long_suspensions(dt_worker *w, int64_t now)
+{
+    for (dt_list *pos = w->suspended.next; pos != &w->suspended; pos = pos->next) {
+        dt_req *r = dt_container_of(pos, dt_req, susp_link);
+        if (now - r->suspended_at < DT_HANGUP_WATCH_MS)
+            break; /* oldest first: the rest are younger */
+        if (!r->watching && r->conn != NULL &&
+            dt_worker_watch(w, r->conn->fd, EPOLLRDHUP | EPOLLET, &r->client_ev) == 0)
+            r->watching = true;
+    }
+}
+
 void dt_front_sweep(dt_worker *w, int64_t now)
 {
     int64_t limit = w->cfg->timeouts.header_ms;
     dt_list *pos = w->head_wait.next;
 
+    watch_long_suspensions(w, now);
     while (pos != &w->head_wait) {
         dt_conn *k = dt_container_of(pos, dt_conn, head_link);
         pos = pos->next;

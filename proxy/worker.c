@@ -313,7 +313,7 @@ static void dispatch(dt_worker *w, const struct epoll_event *e)
 
 static int loop_timeout(dt_worker *w, int64_t now)
 {
-    int64_t t = dt_front_timeout(w);
+    int64_t t = dt_front_timeout(w, now);
     int64_t u = dt_upstream_timeout(w, now);
     int64_t s = w->next_sweep > now ? w->next_sweep - now : 0;
 
@@ -343,9 +343,16 @@ static void *worker_main(void *arg)
         int n = epoll_wait(w->epfd, evs, (int)DT_ARRAY_LEN(evs), timeout);
         for (int i = 0; i < n; i++)
             dispatch(w, &evs[i]);
-        now = dt_now_ms();
-        dt_upstream_process(w, now);
-        dt_front_run(w);
+        /* Let both sides settle before waiting again: a transfer added by
+         * libmicrohttpd's handler wants curl now, a resume from curl wants
+         * libmicrohttpd now. A few passes save an epoll_wait round each. */
+        for (int pass = 0; pass < 4; pass++) {
+            now = dt_now_ms();
+            dt_upstream_process(w, now);
+            dt_front_run(w, now);
+            if (dt_upstream_timeout(w, now) != 0 && !w->mhd_pending && w->mhd_due > now)
+                break;
+        }
         if (now >= w->next_sweep) {
             dt_front_sweep(w, now);
             w->next_sweep = now + DT_SWEEP_MS;
@@ -376,6 +383,7 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->wake_fd = -1;
     w->wake_ev.kind = DT_EV_WAKE;
     dt_list_init(&w->head_wait);
+    dt_list_init(&w->suspended);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->epfd < 0 || w->wake_fd < 0 || dt_worker_watch(w, w->wake_fd, EPOLLIN, &w->wake_ev) != 0) {

@@ -39,13 +39,13 @@ typedef struct dt_listen {
     socklen_t addrlen;
     char *tls_cert; /* PEM file paths; both NULL for plain HTTP */
     char *tls_key;
-    int line;
+    int line; /* 0 for the built-in default "127.0.0.1:8080" */
 } dt_listen;
 
 /* A named upstream origin. */
 typedef struct dt_upstream {
     char *name;
-    char *url;    /* normalised: scheme://host[:port] with no trailing slash */
+    char *url;    /* normalised: scheme://authority, no trailing slash */
     bool https;   /* scheme is https */
     char *host;   /* host as written, lower case, IPv6 without brackets */
     unsigned port; /* explicit or the scheme's default */
@@ -143,7 +143,7 @@ typedef struct dt_forward {
     size_t nallow_clients;
     dt_dest_rule *allow_destinations; /* ndest == 0: any destination */
     size_t nallow_destinations;
-    unsigned *connect_ports; /* default: 443 */
+    unsigned *connect_ports; /* default: 443; nconnect_ports == 0 (written []): no CONNECT */
     size_t nconnect_ports;
 } dt_forward;
 
@@ -198,9 +198,13 @@ typedef struct dt_config {
 /*
  * Load and validate FILE. On success returns DT_OK and stores a snapshot with
  * one reference in *out. On failure returns DT_ECONFIG (or DT_ENOMEM) and
- * writes "FILE:LINE: message" (NUL-terminated, truncated to errlen) to err;
- * *out is left NULL. Safe to call from any thread; touches no global state
- * other than the metrics registry of route names.
+ * writes "FILE:LINE: message" (NUL-terminated, truncated to errlen; err may
+ * be NULL) to err; *out is left NULL. FILE is the file holding the mistake:
+ * the config, a file it @includes, or a redirect map. A file that cannot be
+ * read at all gives "FILE: cannot read: reason". Relative file names inside
+ * the config are resolved against its directory. Safe to call from any
+ * thread; touches no global state other than the metrics registry of route
+ * names and the when_file flag registry.
  */
 int dt_config_load(const char *path, dt_config **out, char *err, size_t errlen);
 
@@ -213,10 +217,14 @@ void dt_config_unref(dt_config *cfg);
 /* The upstream called NAME, or NULL. */
 const dt_upstream *dt_config_upstream(const dt_config *cfg, const char *name);
 
-/* Every flag (when_file) object used by the snapshot's routes, for the watcher. */
+/*
+ * The distinct when_file flags of the snapshot's routes, for the watcher:
+ * writes at most CAP of them to OUT and returns how many there are (call
+ * with CAP 0 to size OUT).
+ */
 size_t dt_config_flags(const dt_config *cfg, struct dt_flag **out, size_t cap);
 
-/* "reverse", "forward" or "transparent". */
+/* "reverse", "forward" or "transparent" ("unknown" for anything else). */
 const char *dt_mode_name(dt_mode mode);
 
 #endif

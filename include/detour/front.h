@@ -23,11 +23,11 @@ void dt_front_stop(dt_worker *w);
 int dt_front_add_connection(dt_worker *w, int daemon, int fd, const struct sockaddr *sa,
                             socklen_t salen, const dt_conn_init *init);
 
-/* Run every daemon once (non-blocking). */
-void dt_front_run(dt_worker *w);
+/* Run the daemons once (non-blocking) if they have anything to do. */
+void dt_front_run(dt_worker *w, int64_t now);
 
-/* Milliseconds until a daemon needs to run again; -1 for none. */
-int64_t dt_front_timeout(dt_worker *w);
+/* Milliseconds until the daemons need to run again. */
+int64_t dt_front_timeout(dt_worker *w, int64_t now);
 
 /* Close connections whose request head is late (timeouts.header_ms): 408. */
 void dt_front_sweep(dt_worker *w, int64_t now);

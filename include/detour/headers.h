@@ -69,10 +69,24 @@ int dt_hygiene_finish(dt_hygiene *h);
 /*
  * libmicrohttpd stores header names and values as pointers into its read
  * buffer: "Name\0<SP/HT>*value". It mangles obs-fold continuation lines by
- * appending them to the name, which breaks that layout. Returns true when
- * the layout is the normal one, i.e. the header was a single line.
+ * appending them to the name (connection.c process_broken_line), which
+ * breaks that layout. Returns true when the layout is the normal one, i.e.
+ * the header was a single line. Bytes between name + name_len and value are
+ * read only when 0 < distance <= 64; anything else counts as broken.
  */
 bool dt_header_layout_ok(const char *name, size_t name_len, const char *value);
+
+/*
+ * The same buffer also shows a value cut short: libmicrohttpd measures a
+ * value with strlen(), so "X: a<NUL>b" arrives as "a" and the rest is lost.
+ * A value normally ends at its line terminator, which libmicrohttpd turned
+ * into one NUL (bare LF) or two (CRLF); the next header's name follows right
+ * after. Pass the next header's name, or NULL for the last header (then the
+ * empty line that ends the head must follow). Returns false when anything
+ * else sits between the value and what follows. Reads at most two bytes
+ * after the value, both inside the request head.
+ */
+bool dt_header_value_end_ok(const char *value, size_t value_len, const char *next_name);
 
 /* Does a Via header VALUE name NAME as a received-by pseudonym ("1.1 NAME")? */
 bool dt_via_names(dt_str value, dt_str name);

@@ -195,6 +195,8 @@ typedef struct dt_req {
     dt_hdr rh[DT_RESP_HDRS_MAX];
     unsigned nrh;
     dt_list link;      /* in one of the worker's queues (wait, unpause) */
+    dt_list susp_link; /* in worker.suspended while its connection is suspended */
+    int64_t suspended_at;
     dt_list timer;     /* in worker.up_timers while waiting on the upstream */
     int64_t deadline;  /* for timer */
 } dt_req;
@@ -233,6 +235,8 @@ typedef struct dt_worker {
     dt_list unpauseq; /* requests whose curl transfer must be unpaused */
     dt_list up_timers; /* requests waiting on the upstream, by deadline */
     dt_list head_wait; /* connections awaiting a request head */
+    dt_list suspended; /* suspended requests, oldest first (hang-up watch) */
+    int64_t mhd_due;   /* monotonic ms when libmicrohttpd's own timeout falls due */
     int64_t next_sweep;
     int64_t last_sweep;
 

@@ -2,8 +2,10 @@
  * map.h - bulk redirect maps: files of "old-path  new-location" lines.
  *
  * Blank lines and lines whose first non-blank byte is '#' are ignored; every
- * other line holds exactly two whitespace-separated fields, the first
- * starting with '/'. A duplicate old path is an error. Lookup is an exact
+ * other line holds exactly two fields separated by spaces or tabs, the first
+ * starting with '/' (so a trailing "# comment" is a third field: an error).
+ * A field with a control byte is an error; a CRLF line end is accepted. A
+ * duplicate old path is an error naming both lines. Lookup is an exact
  * byte match in O(1). The whole file is read into one buffer that the table
  * indexes by 32-bit offsets, so a map takes little more than its file size
  * in memory (a 1,000,000-line map loads in well under 2 s).

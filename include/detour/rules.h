@@ -19,6 +19,13 @@
 #define DT_LOCATION_MAX 16384
 /* Dry-run hits remembered in one verdict (for logs and counters). */
 #define DT_DRY_RUN_MAX 4
+/*
+ * Candidate routes one decision gathers from the index on its stack. When a
+ * request has more (e.g. hundreds of routes with neither path, literal prefix,
+ * map nor host), the decision scans every route in order instead: slower,
+ * never different.
+ */
+#define DT_RULES_CANDIDATES_MAX 256
 
 /*
  * What the rule engine sees of a request. Every string is borrowed from the
@@ -40,6 +47,12 @@ typedef struct dt_request_info {
     const char *(*header)(void *ctx, const char *name, size_t *len);
     void *header_ctx;
     int64_t now; /* unix seconds, for windows and ramps */
+    /*
+     * when_file flags: 0 (the default) uses each flag's observed state; 1
+     * treats every flag as present, -1 as absent. For `expect` cases and
+     * tests, which must not depend on files of the machine running them.
+     */
+    int flag_override;
 } dt_request_info;
 
 typedef enum dt_verdict_kind {
@@ -79,7 +92,10 @@ void dt_ruleset_free(struct dt_ruleset *rs);
  * Decide what to do with REQ. The caller sets out->location and
  * out->location_cap (DT_LOCATION_MAX is enough) before the call.
  * Returns DT_OK with *out filled, or DT_ETOOBIG when a Location would not fit
- * in the caller's buffer. Thread-safe; never blocks; never allocates.
+ * in the caller's buffer (then out->kind is REDIRECT, out->route the route
+ * and the location empty, so the caller can answer 500 and log the route).
+ * Thread-safe; never blocks; allocates nothing itself (glibc's regexec()
+ * may use the heap internally for a `regex` route).
  */
 int dt_rules_decide(const dt_config *cfg, const dt_request_info *req, dt_verdict *out);
 
@@ -87,10 +103,32 @@ int dt_rules_decide(const dt_config *cfg, const dt_request_info *req, dt_verdict
 int dt_rules_decide_trace(const dt_config *cfg, const dt_request_info *req, dt_verdict *out,
                           dt_rules_trace_fn trace, void *trace_ctx);
 
+/*
+ * Evaluate ROUTE alone for REQ, ignoring whether it is active (window,
+ * when_file, percent, dry_run): for the linter, which asks what a route does
+ * when it fires. Returns DT_ENOTFOUND when its match does not hold; DT_OK
+ * with *out filled as dt_rules_decide() would (a redirect's Location built,
+ * the targets cursor read but not advanced); DT_ETOOBIG when the Location
+ * does not fit.
+ */
+int dt_rules_route_apply(const dt_route *route, const dt_request_info *req, dt_verdict *out);
+
+/*
+ * The literal every path matching REGEX must start with: the bytes after a
+ * leading '^' up to the first metacharacter (a character made optional by a
+ * following ? * { is dropped; any '|' means no prefix). Writes it to OUT
+ * (cap bytes, NUL-terminated) and returns its length; 0 when there is none.
+ */
+size_t dt_regex_literal_prefix(const char *regex, char *out, size_t cap);
+
 /* The percent in force for a redirect at NOW (ramp steps or fixed percent). */
 int dt_rules_percent_at(const dt_redirect *rd, int64_t now);
 
-/* Does HOST (no port, any case) match one of MATCH's host patterns? */
+/*
+ * Does HOST (no port, any case) match one of MATCH's host patterns? A
+ * trailing dot (an FQDN "example.com.") is ignored. "*.example.com" matches
+ * every subdomain at any depth, not example.com itself.
+ */
 bool dt_rules_host_matches(const dt_match *match, dt_str host);
 
 #endif

@@ -11,6 +11,18 @@
  * Substituted values are raw as received, except that every byte that may
  * not appear in a URI (controls, space, DEL, bytes >= 0x80, and " < > \ ^ `
  * { | }) is percent-encoded, so CR, LF and NUL can never reach a header.
+ * Nothing is ever decoded: "%0d%0a" in a request stays "%0d%0a".
+ *
+ * Literal text follows the same rule: a control byte or a space in it is a
+ * compile error, the other unsafe bytes (e.g. UTF-8) are encoded at compile
+ * time. "$name" takes the longest run of [A-Za-z0-9_] ("$urix" is an unknown
+ * variable; write "${uri}x"), "$1".."$9" take a single digit, and a '$' that
+ * starts no variable is an error.
+ *
+ * One safety rule beyond plain substitution: a Location that would start
+ * with "//" (a protocol-relative URL, i.e. another site) because of a value
+ * taken from the request gets its second slash encoded ("/%2F..."), so
+ * "/$1" or "$uri" cannot be turned into an open redirect.
  */
 #ifndef DETOUR_TEMPLATE_H
 #define DETOUR_TEMPLATE_H
@@ -31,7 +43,11 @@ typedef enum dt_tvar {
     DT_TVAR_COUNT = DT_TVAR_GROUP1 + 9
 } dt_tvar;
 
-/* Values for expansion; a variable with .p == NULL expands to nothing. */
+/*
+ * Values for expansion; a variable with .p == NULL expands to nothing, except
+ * the derived ones: $is_args then is "?" when $args is non-empty, and
+ * $request_uri is $uri$is_args$args.
+ */
 typedef struct dt_template_vars {
     dt_str v[DT_TVAR_COUNT];
 } dt_template_vars;
@@ -61,7 +77,12 @@ bool dt_template_is_relative(const dt_template *t);
  */
 long dt_template_expand(const dt_template *t, const dt_template_vars *vars, char *out, size_t cap);
 
-/* Append SRC to OUT percent-encoding bytes not allowed in a URI; -1 when it does not fit. */
+/*
+ * Write SRC to OUT percent-encoding the bytes not allowed in a URI (upper-case
+ * hex), NUL-terminated. Returns the length written (without the NUL), or -1
+ * when it and the NUL do not fit in CAP. Callers append by passing the end of
+ * what they have written so far.
+ */
 long dt_uri_encode_into(dt_str src, char *out, size_t cap);
 
 #endif
