@@ -34,6 +34,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include "detour/access.h"
 #include "detour/front.h"
 #include "detour/log.h"
 #include "detour/page.h"
@@ -70,6 +71,7 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
     }
     memcpy(r->target, uri, len + 1);
     r->target_len = len;
+    r->up_target = r->target;
     r->w = w;
     r->conn = k;
     r->mhd = c;
@@ -100,6 +102,8 @@ static void req_unref(dt_req *r)
     free(r->rh_buf);
     free(r->location);
     free(r->url);
+    if (r->up_target != r->target)
+        free(r->up_target);
     if (r->target != r->target_inline)
         free(r->target);
     dt_config_unref(r->cfg);
@@ -305,6 +309,8 @@ static const char *lookup_header(void *ctx, const char *name, size_t *len)
     return v;
 }
 
+static enum MHD_Result start_relay(dt_req *r, const head_scan *s, bool expect_continue);
+
 /* Host for matching and $host: the absolute-form authority, else the Host header. */
 static void set_host(dt_req *r, const dt_target *t, dt_str host_header)
 {
@@ -317,6 +323,76 @@ static void set_host(dt_req *r, const dt_target *t, dt_str host_header)
         host = (dt_str){"", 0};
     if (dt_host_lower(host, r->host, sizeof r->host) < 0)
         r->host[0] = '\0';
+}
+
+/*
+ * Remember where the request itself is headed, for forward and transparent
+ * modes (the absolute-form authority, the original destination of a
+ * redirected connection, or the Host header), and make the origin-form target
+ * the upstream will get. DT_ENOMEM only.
+ */
+static int set_destination(dt_req *r, const dt_target *t, dt_str host_header)
+{
+    dt_str authority = {NULL, 0};
+    bool https = false;
+
+    if (t->form == DT_TARGET_ABSOLUTE) {
+        r->up_target = strndup(t->origin_form.p, t->origin_form.n);
+        if (r->up_target == NULL)
+            return DT_ENOMEM;
+        authority = t->authority;
+        https = dt_str_ieq(t->scheme, DT_STR_LIT("https"));
+    } else if (host_header.p != NULL) {
+        authority = host_header;
+    }
+    if (r->cfg->mode == DT_MODE_TRANSPARENT && r->conn->has_orig_dst) {
+        char ip[INET6_ADDRSTRLEN];
+        const struct sockaddr *sa = (const struct sockaddr *)&r->conn->orig_dst;
+        unsigned port;
+        if (sa->sa_family == AF_INET6) {
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+            port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+            snprintf(r->dest, sizeof r->dest, "[%s]:%u", ip, port);
+        } else {
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+            port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+            snprintf(r->dest, sizeof r->dest, "%s:%u", ip, port);
+        }
+        r->dest_https = false;
+        return DT_OK;
+    }
+    if (authority.p != NULL && authority.n < sizeof r->dest) {
+        memcpy(r->dest, authority.p, authority.n);
+        r->dest[authority.n] = '\0';
+        r->dest_https = https;
+    }
+    return DT_OK;
+}
+
+/* Relay to the request's own destination (forward and transparent modes). */
+static enum MHD_Result relay_own_destination(dt_req *r, const head_scan *s, bool expect)
+{
+    dt_str host;
+    unsigned port = 0;
+
+    if (r->dest[0] == '\0' ||
+        dt_authority_split((dt_str){r->dest, strlen(r->dest)}, &host, &port) != DT_OK)
+        return answer_error(r, 400, "no destination: absolute-form target or Host needed", expect);
+    if (port == 0)
+        port = r->dest_https ? 443 : 80;
+    if (r->cfg->mode == DT_MODE_FORWARD) {
+        dt_access a = dt_access_dest_name(&r->cfg->forward, host, port);
+        if (a == DT_ACCESS_DENY)
+            return answer_error(r, 403, "destination not allowed", expect);
+        r->check_addr = a == DT_ACCESS_BY_ADDRESS;
+        /* RFC 9112 3.2.2: a proxy replaces Host with the target's authority. */
+        r->replace_host = (dt_str){r->dest, strlen(r->dest)};
+    }
+    if (asprintf(&r->url, "%s://%s", r->dest_https ? "https" : "http", r->dest) < 0) {
+        r->url = NULL;
+        return answer_error(r, 500, "out of memory", expect);
+    }
+    return start_relay(r, s, expect);
 }
 
 static enum MHD_Result start_relay(dt_req *r, const head_scan *s, bool expect_continue)
@@ -375,12 +451,11 @@ static enum MHD_Result decide(dt_req *r, const head_scan *s, const dt_target *t,
     case DT_VERDICT_NO_ROUTE:
         break;
     }
-    if (r->upstream == NULL) {
-        if (r->cfg->mode == DT_MODE_REVERSE || v.kind == DT_VERDICT_NO_ROUTE)
-            return answer_error(r, 404, "no route for this request", expect_continue);
-        return answer_error(r, 502, "no destination for this request", expect_continue);
-    }
-    return start_relay(r, s, expect_continue);
+    if (r->upstream != NULL)
+        return start_relay(r, s, expect_continue);
+    if (r->cfg->mode == DT_MODE_REVERSE)
+        return answer_error(r, 404, "no route for this request", expect_continue);
+    return relay_own_destination(r, s, expect_continue);
 }
 
 static enum MHD_Result on_head(dt_req *r, const char *method, const char *version)
@@ -430,16 +505,16 @@ static enum MHD_Result on_head(dt_req *r, const char *method, const char *versio
     r->content_length = s->hyg.n_content_length == 1 ? (int64_t)s->hyg.content_length : -1;
     r->has_body = r->chunked || r->content_length > 0;
     set_host(r, &t, s->host_header);
-    /* The upstream always gets origin-form; keep the raw bytes otherwise. */
-    if (t.form == DT_TARGET_ABSOLUTE) {
-        memmove(r->target, t.origin_form.p, t.origin_form.n);
-        r->target[t.origin_form.n] = '\0';
-        r->target_len = t.origin_form.n;
-        dt_target_parse((dt_str){r->target, r->target_len}, false, &t);
+    if (set_destination(r, &t, s->host_header) != DT_OK) {
+        ret = MHD_NO;
+        goto out;
     }
 
     if (t.form == DT_TARGET_AUTHORITY)
         ret = answer_and_close(r, 405, "CONNECT is only served in forward mode, as a first request");
+    else if (r->cfg->mode == DT_MODE_FORWARD &&
+             !dt_access_client(&r->cfg->forward, (struct sockaddr *)&r->conn->client_sa))
+        ret = answer_error(r, 403, "this client may not use the proxy", expect);
     else if (s->via_loop)
         ret = answer_error(r, 508, "this request already passed through this proxy", expect);
     else if (r->content_length >= 0 &&
@@ -673,7 +748,17 @@ static bool status_has_body(int status)
 
 static int error_status(int err)
 {
-    return err == DT_ETIMEDOUT || err == DT_ECONNTIMEDOUT ? 504 : 502;
+    switch (err) {
+    case DT_ETIMEDOUT:
+    case DT_ECONNTIMEDOUT:
+        return 504;
+    case DT_ELOOP:
+        return 508;
+    case DT_EFORBIDDEN:
+        return 403;
+    default:
+        return 502;
+    }
 }
 
 static void answer_upstream_error(dt_req *r)
@@ -957,6 +1042,10 @@ static void conn_cb(void *cls, struct MHD_Connection *c, void **socket_context,
         k->w = w;
         k->fd = fd != NULL ? fd->connect_fd : -1;
         client_ip(addr != NULL ? addr->client_addr : NULL, k->client_ip, sizeof k->client_ip);
+        if (addr != NULL && addr->client_addr != NULL)
+            memcpy(&k->client_sa, addr->client_addr,
+                   addr->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                            : sizeof(struct sockaddr_in));
         if (init != NULL) {
             k->listener = init->listener;
             k->tls = init->listener != NULL && init->listener->tls;

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 
+#include "detour/access.h"
 #include "detour/forwarded.h"
 #include "detour/front.h"
 #include "detour/log.h"
@@ -433,13 +434,36 @@ static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, si
     return b.list;
 }
 
+/*
+ * For a request's own destination (forward and transparent modes), look at
+ * each resolved address before connecting: detour itself is a loop (508), and
+ * in forward mode an address outside allow_destinations is refused (403)
+ * when no name rule allowed the host.
+ */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    dt_req *r = clientp;
+    const struct sockaddr *sa = &a->addr;
+
+    (void)purpose;
+    if (dt_access_is_self(r->cfg, sa, r->w->local_addrs, r->w->nlocal)) {
+        r->transfer_err = DT_ELOOP;
+        return CURL_SOCKET_BAD;
+    }
+    if (r->check_addr && !dt_access_dest_addr(&r->cfg->forward, sa)) {
+        r->transfer_err = DT_EFORBIDDEN;
+        return CURL_SOCKET_BAD;
+    }
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 static void set_request_options(dt_req *r, CURL *e)
 {
     const dt_upstream *up = r->upstream;
     bool upload = r->content_length >= 0 || r->chunked;
 
     curl_easy_setopt(e, CURLOPT_URL, r->url != NULL ? r->url : up->url);
-    curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, r->target);
+    curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, r->up_target);
     /* The order matters: UPLOAD resets the method to PUT/GET, NOBODY then makes HEAD. */
     curl_easy_setopt(e, CURLOPT_UPLOAD, upload ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_NOBODY, r->is_head ? 1L : 0L);
@@ -456,6 +480,8 @@ static void set_request_options(dt_req *r, CURL *e)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_READDATA, r);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)r->cfg->timeouts.connect_ms);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, r->url != NULL ? open_socket : NULL);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r->url != NULL ? r : NULL);
     if (up != NULL && up->https) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,9 @@
 
 #include "detour/front.h"
 #include "detour/log.h"
+#include "detour/resolve.h"
 #include "detour/server.h"
+#include "detour/tunnel.h"
 #include "detour/upstream.h"
 
 /* From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
@@ -119,6 +122,11 @@ static void on_accept(dt_worker *w, dt_listener *l)
         init.accepted_ms = dt_now_ms();
         if (w->cfg->mode == DT_MODE_TRANSPARENT)
             init.has_orig_dst = original_destination(fd, &init.orig_dst);
+        if (w->boot_cfg->mode == DT_MODE_FORWARD && !l->tls) {
+            /* CONNECT or not? The first bytes decide (tunnel.c). */
+            dt_tunnel_peek_start(w, fd, (struct sockaddr *)&ss, len, &init);
+            continue;
+        }
         if (dt_front_add_connection(w, l->daemon, fd, (struct sockaddr *)&ss, len, &init) != DT_OK)
             dt_server_conn_release(w->srv); /* libmicrohttpd closed the socket */
     }
@@ -224,7 +232,7 @@ void dt_worker_log_access(dt_worker *w, const char *line, size_t len)
 
 /* ------------------------------------------------------------ messages from other threads */
 
-static void post(dt_worker *w, unsigned bit)
+void dt_worker_post(dt_worker *w, unsigned bit)
 {
     uint64_t one = 1;
 
@@ -235,18 +243,18 @@ static void post(dt_worker *w, unsigned bit)
 
 void dt_worker_post_reload(dt_worker *w)
 {
-    post(w, DT_POST_RELOAD);
+    dt_worker_post(w, DT_POST_RELOAD);
 }
 
 void dt_worker_post_drain(dt_worker *w, int64_t deadline_ms)
 {
     w->drain_deadline = deadline_ms; /* published by the eventfd write below */
-    post(w, DT_POST_DRAIN);
+    dt_worker_post(w, DT_POST_DRAIN);
 }
 
 void dt_worker_post_logrotate(dt_worker *w)
 {
-    post(w, DT_POST_LOGROTATE);
+    dt_worker_post(w, DT_POST_LOGROTATE);
 }
 
 static void start_drain(dt_worker *w)
@@ -260,6 +268,7 @@ static void start_drain(dt_worker *w)
             on_accept(w, &w->listeners[i]);
     close_listeners(w);
     dt_front_quiesce(w);
+    dt_tunnel_close_peeks(w);
 }
 
 static void on_wake(dt_worker *w)
@@ -279,6 +288,8 @@ static void on_wake(dt_worker *w)
     }
     if (bits & DT_POST_LOGROTATE)
         log_flush(w);
+    if (bits & DT_POST_RESOLVED)
+        dt_resolve_deliver(w);
     if (bits & DT_POST_DRAIN)
         start_drain(w);
 }
@@ -307,6 +318,8 @@ static void dispatch(dt_worker *w, const struct epoll_event *e)
         break;
     case DT_EV_PEEK:
     case DT_EV_TUNNEL:
+    case DT_EV_TUNNEL_UP:
+        dt_tunnel_event(w, ev, e->events);
         break;
     }
 }
@@ -355,6 +368,7 @@ static void *worker_main(void *arg)
         }
         if (now >= w->next_sweep) {
             dt_front_sweep(w, now);
+            dt_tunnel_sweep(w, now);
             w->next_sweep = now + DT_SWEEP_MS;
         }
         if (w->draining && (w->nconns == 0 || now >= w->drain_deadline))
@@ -365,6 +379,30 @@ static void *worker_main(void *arg)
 }
 
 /* ------------------------------------------------------------ life cycle */
+
+/* This host's addresses, for "is that destination detour itself?" (wildcard listeners). */
+static void load_local_addrs(dt_worker *w)
+{
+    struct ifaddrs *ifa, *i;
+    size_t n = 0;
+
+    if (getifaddrs(&ifa) != 0)
+        return;
+    for (i = ifa; i != NULL; i = i->ifa_next)
+        if (i->ifa_addr != NULL &&
+            (i->ifa_addr->sa_family == AF_INET || i->ifa_addr->sa_family == AF_INET6))
+            n++;
+    w->local_addrs = calloc(n ? n : 1, sizeof *w->local_addrs);
+    for (i = ifa; w->local_addrs != NULL && i != NULL; i = i->ifa_next) {
+        if (i->ifa_addr == NULL)
+            continue;
+        if (i->ifa_addr->sa_family == AF_INET)
+            memcpy(&w->local_addrs[w->nlocal++], i->ifa_addr, sizeof(struct sockaddr_in));
+        else if (i->ifa_addr->sa_family == AF_INET6)
+            memcpy(&w->local_addrs[w->nlocal++], i->ifa_addr, sizeof(struct sockaddr_in6));
+    }
+    freeifaddrs(ifa);
+}
 
 dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, char *err,
                             size_t errlen)
@@ -384,6 +422,11 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->wake_ev.kind = DT_EV_WAKE;
     dt_list_init(&w->head_wait);
     dt_list_init(&w->suspended);
+    dt_list_init(&w->resolved);
+    dt_list_init(&w->tunnels);
+    dt_list_init(&w->peeks);
+    pthread_mutex_init(&w->resolve_lock, NULL);
+    load_local_addrs(w);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->epfd < 0 || w->wake_fd < 0 || dt_worker_watch(w, w->wake_fd, EPOLLIN, &w->wake_ev) != 0) {
@@ -421,6 +464,8 @@ void dt_worker_destroy(dt_worker *w)
 {
     if (w == NULL)
         return;
+    dt_tunnel_close_all(w);
+    dt_resolve_shutdown(w);
     dt_front_stop(w); /* completes every request, which releases their transfers */
     close_listeners(w);
     free(w->listeners);
@@ -433,5 +478,7 @@ void dt_worker_destroy(dt_worker *w)
         close(w->epfd);
     dt_config_unref(w->cfg);
     dt_config_unref(w->boot_cfg);
+    free(w->local_addrs);
+    pthread_mutex_destroy(&w->resolve_lock);
     free(w);
 }

@@ -43,7 +43,8 @@ typedef enum dt_ev_kind {
     DT_EV_CURL,      /* a socket curl asked us to watch */
     DT_EV_CLIENT,    /* a suspended request's client socket (hang-up watch) */
     DT_EV_PEEK,      /* a new connection whose first bytes we wait for */
-    DT_EV_TUNNEL,    /* one side of a CONNECT tunnel */
+    DT_EV_TUNNEL,    /* the client side of a CONNECT tunnel */
+    DT_EV_TUNNEL_UP, /* the upstream side of a CONNECT tunnel */
 } dt_ev_kind;
 
 typedef struct dt_ev {
@@ -96,6 +97,7 @@ typedef struct dt_conn {
     bool tls;
     const dt_listener *listener;
     char client_ip[64]; /* textual, without port */
+    struct sockaddr_storage client_sa;
     bool has_orig_dst;
     struct sockaddr_storage orig_dst;
     int64_t head_since; /* monotonic ms a request head began, 0 = none pending */
@@ -140,7 +142,8 @@ typedef struct dt_req {
     bool watching;   /* client_ev registered in the worker's epoll */
 
     /* The request as received. */
-    char *target; /* raw request target, NUL-terminated (inline or heap) */
+    char *target; /* raw request target, NUL-terminated (inline or heap): for logs */
+    char *up_target; /* origin-form target sent upstream: r->target, or a heap copy */
     size_t target_len;
     char target_inline[192];
     const char *method; /* libmicrohttpd's copy, valid for the request's life */
@@ -175,6 +178,9 @@ typedef struct dt_req {
     void *easy; /* CURL * while a transfer runs */
     void *hdrs; /* struct curl_slist * */
     char *url;  /* heap URL for forward/transparent destinations */
+    bool check_addr; /* forward mode: the resolved address must pass allow_destinations */
+    char dest[300];  /* forward/transparent: the request's own destination authority */
+    bool dest_https;
     dt_str replace_host; /* forward mode: the Host to send (the target authority) */
     dt_ring up;   /* client body -> upstream */
     dt_ring down; /* upstream body -> client (streamed responses) */
@@ -248,6 +254,14 @@ typedef struct dt_worker {
     /* Stashed for the connection-started notification of MHD_add_connection. */
     const dt_conn_init *adding;
 
+    pthread_mutex_t resolve_lock; /* guards resolved: filled by resolver threads */
+    dt_list resolved;             /* finished lookups waiting for their callback */
+    int resolving;                /* lookups started and not yet delivered */
+    dt_list tunnels;  /* open CONNECT tunnels */
+    dt_list peeks;    /* new forward-mode connections, waiting for their first bytes */
+    struct sockaddr_storage *local_addrs; /* this host's addresses (loop checks) */
+    size_t nlocal;
+
     char *logbuf; /* access log lines waiting for one write */
     size_t loglen, logcap;
 } dt_worker;
@@ -255,6 +269,10 @@ typedef struct dt_worker {
 #define DT_POST_RELOAD 1u
 #define DT_POST_DRAIN 2u
 #define DT_POST_LOGROTATE 4u
+#define DT_POST_RESOLVED 8u
+
+/* Wake worker W from another thread with the DT_POST_* BIT. */
+void dt_worker_post(dt_worker *w, unsigned bit);
 
 /* worker.c services for the other loop modules. */
 int dt_worker_watch(dt_worker *w, int fd, uint32_t events, dt_ev *ev);   /* EPOLL_CTL_ADD */
