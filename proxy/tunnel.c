@@ -43,7 +43,7 @@ typedef struct dt_peek {
     dt_list link;
 } dt_peek;
 
-typedef enum tstate { T_HEAD, T_RESOLVING, T_CONNECTING, T_REPLY, T_OPEN, T_FLUSH } tstate;
+typedef enum tstate { T_HEAD, T_RESOLVING, T_CONNECTING, T_REPLY, T_OPEN, T_FLUSH, T_DEAD } tstate;
 
 typedef struct pump {
     int src, dst;
@@ -145,12 +145,14 @@ static void tunnel_free(dt_tunnel *t)
         close_fd(&t->uc.pipe[i]);
     }
     dt_resolve_cancel(t->res);
+    t->res = NULL;
     if (t->ai != NULL)
         freeaddrinfo(t->ai);
+    t->ai = NULL;
+    /* The other side's event may still be in this iteration's batch: free later. */
+    t->state = T_DEAD;
     dt_list_remove(&t->link);
-    free(t->head);
-    dt_config_unref(t->cfg);
-    free(t);
+    dt_list_append(&w->dead_tunnels, &t->link);
     w->nconns--;
     dt_metrics_connections(w->metrics, -1);
     dt_worker_conn_closed(w);
@@ -667,6 +669,7 @@ void dt_tunnel_event(dt_worker *w, dt_ev *ev, uint32_t events)
         pump_both(t);
         break;
     case T_RESOLVING:
+    case T_DEAD:
         break;
     }
     (void)events;
@@ -718,6 +721,18 @@ void dt_tunnel_close_all(dt_worker *w)
         peek_free(dt_container_of(w->peeks.next, dt_peek, link), true);
     while (!dt_list_empty(&w->tunnels))
         tunnel_free(dt_container_of(w->tunnels.next, dt_tunnel, link));
+    dt_tunnel_reap(w);
+}
+
+void dt_tunnel_reap(dt_worker *w)
+{
+    while (!dt_list_empty(&w->dead_tunnels)) {
+        dt_tunnel *t = dt_container_of(w->dead_tunnels.next, dt_tunnel, link);
+        dt_list_remove(&t->link);
+        free(t->head);
+        dt_config_unref(t->cfg);
+        free(t);
+    }
 }
 
 size_t dt_tunnel_count(const dt_worker *w)

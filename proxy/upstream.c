@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "detour/access.h"
 #include "detour/forwarded.h"
@@ -42,19 +43,44 @@ void dt_upstream_global_cleanup(void)
 
 /* ------------------------------------------------------------ curl driving */
 
+/*
+ * curl says "stop watching" (CURL_POLL_REMOVE) whenever a transfer ends and
+ * its connection goes back to the cache, and "watch" again when the next
+ * transfer reuses it: two epoll_ctl calls per request for nothing. So a
+ * removed socket stays registered, marked idle; the next "watch" of the same
+ * fd is free when the events are unchanged. An idle socket that wakes us
+ * (the upstream closed it) is unregistered then. curl closes sockets through
+ * close_socket() below, which forgets them before the fd number can be
+ * reused.
+ */
+static dt_curl_sock **sock_slot(dt_worker *w, int fd)
+{
+    dt_curl_sock **p = &w->curl_socks[(unsigned)fd % DT_CURL_SOCK_BUCKETS];
+
+    while (*p != NULL && (*p)->fd != fd)
+        p = &(*p)->next;
+    return p;
+}
+
+static void sock_unregister(dt_worker *w, dt_curl_sock *s)
+{
+    if (s->events != 0)
+        dt_worker_unwatch(w, s->fd);
+    s->events = 0;
+}
+
 static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     dt_worker *w = userp;
-    dt_curl_sock *s = socketp;
+    dt_curl_sock **slot = sock_slot(w, fd);
+    dt_curl_sock *s = *slot;
     uint32_t events;
 
     (void)easy;
+    (void)socketp;
     if (what == CURL_POLL_REMOVE) {
-        if (s != NULL) {
-            dt_worker_unwatch(w, fd);
-            curl_multi_assign(w->multi, fd, NULL);
-            free(s);
-        }
+        if (s != NULL)
+            s->idle = true;
         return 0;
     }
     events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
@@ -64,17 +90,33 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             return -1;
         s->ev.kind = DT_EV_CURL;
         s->fd = fd;
-        s->events = (int)events;
-        if (dt_worker_watch(w, fd, events, &s->ev) != 0) {
-            free(s);
-            return -1;
-        }
-        curl_multi_assign(w->multi, fd, s);
-    } else if ((uint32_t)s->events != events) {
-        s->events = (int)events;
-        dt_worker_rewatch(w, fd, events, &s->ev);
+        *slot = s;
     }
+    s->idle = false;
+    if ((uint32_t)s->events == events)
+        return 0;
+    if ((s->events == 0 ? dt_worker_watch(w, fd, events, &s->ev)
+                        : dt_worker_rewatch(w, fd, events, &s->ev)) != 0)
+        return -1;
+    s->events = (int)events;
     return 0;
+}
+
+static int close_socket(void *clientp, curl_socket_t fd)
+{
+    dt_worker *w = clientp;
+    dt_curl_sock **slot = sock_slot(w, fd);
+    dt_curl_sock *s = *slot;
+
+    if (s != NULL) {
+        sock_unregister(w, s);
+        *slot = s->next;
+        /* An event for it may still sit in this iteration's epoll batch. */
+        s->fd = -1;
+        s->next = w->dead_socks;
+        w->dead_socks = s;
+    }
+    return close(fd);
 }
 
 static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
@@ -116,12 +158,26 @@ void dt_upstream_cleanup(dt_worker *w)
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
     w->multi = NULL;
+    dt_upstream_reap(w);
+    /* Sockets curl left open at cleanup (none, normally) are only forgotten here. */
+    for (size_t i = 0; i < DT_CURL_SOCK_BUCKETS; i++)
+        while (w->curl_socks[i] != NULL) {
+            dt_curl_sock *s = w->curl_socks[i];
+            w->curl_socks[i] = s->next;
+            free(s);
+        }
 }
 
 void dt_upstream_socket_event(dt_worker *w, dt_curl_sock *s, uint32_t events)
 {
     int flags = 0, running;
 
+    if (s->fd < 0)
+        return; /* closed earlier in this batch */
+    if (s->idle) {
+        sock_unregister(w, s); /* an idle connection closed or sent junk: curl finds out on reuse */
+        return;
+    }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
         flags |= CURL_CSELECT_IN;
     if (events & EPOLLOUT)
@@ -129,6 +185,15 @@ void dt_upstream_socket_event(dt_worker *w, dt_curl_sock *s, uint32_t events)
     if (events & EPOLLERR)
         flags |= CURL_CSELECT_ERR;
     curl_multi_socket_action(w->multi, s->fd, flags, &running);
+}
+
+void dt_upstream_reap(dt_worker *w)
+{
+    while (w->dead_socks != NULL) {
+        dt_curl_sock *s = w->dead_socks;
+        w->dead_socks = s->next;
+        free(s);
+    }
 }
 
 /* ------------------------------------------------------------ the deadline list */
@@ -337,6 +402,8 @@ static CURL *easy_get(dt_worker *w)
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, w);
     return e;
 }
 

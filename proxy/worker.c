@@ -371,6 +371,8 @@ static void *worker_main(void *arg)
             dt_tunnel_sweep(w, now);
             w->next_sweep = now + DT_SWEEP_MS;
         }
+        dt_upstream_reap(w);
+        dt_tunnel_reap(w);
         if (w->draining && (w->nconns == 0 || now >= w->drain_deadline))
             w->stop = true;
     }
@@ -424,6 +426,7 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     dt_list_init(&w->suspended);
     dt_list_init(&w->resolved);
     dt_list_init(&w->tunnels);
+    dt_list_init(&w->dead_tunnels);
     dt_list_init(&w->peeks);
     pthread_mutex_init(&w->resolve_lock, NULL);
     load_local_addrs(w);

@@ -210,8 +210,12 @@ typedef struct dt_req {
 typedef struct dt_curl_sock {
     dt_ev ev;
     int fd;
-    int events; /* EPOLLIN/EPOLLOUT currently registered */
+    int events; /* EPOLLIN/EPOLLOUT currently registered in epoll */
+    bool idle;  /* curl stopped watching it; still registered until it wakes us */
+    struct dt_curl_sock *next; /* hash chain in dt_worker.curl_socks */
 } dt_curl_sock;
+
+#define DT_CURL_SOCK_BUCKETS 256
 
 typedef struct dt_worker {
     struct dt_server *srv;
@@ -233,6 +237,8 @@ typedef struct dt_worker {
     bool mhd_pending; /* run libmicrohttpd again before blocking (resumes) */
 
     void *multi; /* CURLM * */
+    dt_curl_sock *curl_socks[DT_CURL_SOCK_BUCKETS]; /* every curl socket we know, by fd */
+    dt_curl_sock *dead_socks; /* closed this iteration; freed once no event can name them */
     int64_t curl_deadline; /* monotonic ms, -1 none */
     void **easy_pool;      /* idle CURL * handles */
     size_t neasy_pool, easy_pool_cap;
@@ -258,6 +264,7 @@ typedef struct dt_worker {
     dt_list resolved;             /* finished lookups waiting for their callback */
     int resolving;                /* lookups started and not yet delivered */
     dt_list tunnels;  /* open CONNECT tunnels */
+    dt_list dead_tunnels; /* closed this iteration; freed at its end */
     dt_list peeks;    /* new forward-mode connections, waiting for their first bytes */
     struct sockaddr_storage *local_addrs; /* this host's addresses (loop checks) */
     size_t nlocal;

@@ -38,6 +38,9 @@ void dt_tunnel_close_peeks(dt_worker *w);
 /* Close every peek and tunnel now (worker exit). */
 void dt_tunnel_close_all(dt_worker *w);
 
+/* Free tunnels closed during this loop iteration (after the event batch). */
+void dt_tunnel_reap(dt_worker *w);
+
 /* Open tunnels and pending peeks (for the drain check). */
 size_t dt_tunnel_count(const dt_worker *w);
 

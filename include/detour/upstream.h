@@ -42,6 +42,9 @@ void dt_upstream_socket_event(dt_worker *w, dt_curl_sock *s, uint32_t events);
 /* Run due curl timers, pending unpauses and finished transfers; then upstream timeouts. */
 void dt_upstream_process(dt_worker *w, int64_t now);
 
+/* Free what was closed during this loop iteration (after the event batch). */
+void dt_upstream_reap(dt_worker *w);
+
 /* Milliseconds until dt_upstream_process must run; -1 none, 0 now. */
 int64_t dt_upstream_timeout(dt_worker *w, int64_t now);
 
