@@ -59,14 +59,15 @@ static dt_conn *conn_of(struct MHD_Connection *c)
 
 static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const char *uri)
 {
-    dt_req *r = calloc(1, sizeof *r);
+    dt_req *r = dt_cache_get(&w->req_cache);
     size_t len = strlen(uri);
 
     if (r == NULL)
         return NULL;
+    memset(r, 0, sizeof *r);
     r->target = len < sizeof r->target_inline ? r->target_inline : malloc(len + 1);
     if (r->target == NULL) {
-        free(r);
+        dt_cache_put(&w->req_cache, r);
         return NULL;
     }
     memcpy(r->target, uri, len + 1);
@@ -99,7 +100,7 @@ static void req_unref(dt_req *r)
     dt_ring_free(&r->up);
     dt_ring_free(&r->down);
     free(r->small_buf);
-    free(r->rh_buf);
+    dt_cache_put(&r->w->rh_cache, r->rh_buf);
     free(r->location);
     free(r->url);
     if (r->up_target != r->target)
@@ -107,7 +108,7 @@ static void req_unref(dt_req *r)
     if (r->target != r->target_inline)
         free(r->target);
     dt_config_unref(r->cfg);
-    free(r);
+    dt_cache_put(&r->w->req_cache, r);
 }
 
 /* ------------------------------------------------------------ suspend / resume */
@@ -477,7 +478,10 @@ static enum MHD_Result on_head(dt_req *r, const char *method, const char *versio
     if (hs != NULL && hs->header_size > (size_t)r->cfg->limits.max_header_bytes)
         return answer_and_close(r, 431, "the request head is too large");
 
-    s = malloc(sizeof *s);
+    /* One scratch scan per worker: a head is scanned start to end without re-entry. */
+    if (r->w->scan == NULL)
+        r->w->scan = malloc(sizeof *s);
+    s = r->w->scan;
     if (s == NULL)
         return MHD_NO;
     memset(&s->hyg, 0, sizeof s->hyg);
@@ -526,7 +530,6 @@ static enum MHD_Result on_head(dt_req *r, const char *method, const char *versio
     else
         ret = decide(r, s, &t, expect);
 out:
-    free(s);
     return ret;
 }
 

@@ -235,7 +235,7 @@ static bool rh_append(dt_req *r, const char *p, size_t n, uint32_t *off)
     if (r->rh_len + n + 1 > DT_UPSTREAM_HEAD_MAX)
         return false;
     if (r->rh_buf == NULL) {
-        r->rh_buf = malloc(DT_UPSTREAM_HEAD_MAX);
+        r->rh_buf = dt_cache_get(&r->w->rh_cache);
         if (r->rh_buf == NULL)
             return false;
         r->rh_cap = DT_UPSTREAM_HEAD_MAX;

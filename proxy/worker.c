@@ -64,6 +64,29 @@ void dt_worker_unwatch(dt_worker *w, int fd)
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
+/* ------------------------------------------------------------ block caches */
+
+void *dt_cache_get(dt_cache *c)
+{
+    return c->n > 0 ? c->items[--c->n] : malloc(c->size);
+}
+
+void dt_cache_put(dt_cache *c, void *p)
+{
+    if (p == NULL)
+        return;
+    if (c->n < DT_CACHE_MAX)
+        c->items[c->n++] = p;
+    else
+        free(p);
+}
+
+void dt_cache_clear(dt_cache *c)
+{
+    while (c->n > 0)
+        free(c->items[--c->n]);
+}
+
 /* ------------------------------------------------------------ listeners */
 
 static void listeners_pause(dt_worker *w, bool pause)
@@ -422,6 +445,8 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->metrics = dt_metrics_worker_slot(index);
     w->wake_fd = -1;
     w->wake_ev.kind = DT_EV_WAKE;
+    w->req_cache.size = sizeof(dt_req);
+    w->rh_cache.size = DT_UPSTREAM_HEAD_MAX;
     dt_list_init(&w->head_wait);
     dt_list_init(&w->suspended);
     dt_list_init(&w->resolved);
@@ -482,6 +507,9 @@ void dt_worker_destroy(dt_worker *w)
     dt_config_unref(w->cfg);
     dt_config_unref(w->boot_cfg);
     free(w->local_addrs);
+    dt_cache_clear(&w->req_cache);
+    dt_cache_clear(&w->rh_cache);
+    free(w->scan);
     pthread_mutex_destroy(&w->resolve_lock);
     free(w);
 }

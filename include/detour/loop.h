@@ -217,6 +217,24 @@ typedef struct dt_curl_sock {
 
 #define DT_CURL_SOCK_BUCKETS 256
 
+/*
+ * A per-worker cache of same-sized blocks: request objects and upstream head
+ * buffers are reused instead of going through malloc for every request. Only
+ * the worker's thread touches it.
+ */
+#define DT_CACHE_MAX 256
+typedef struct dt_cache {
+    void *items[DT_CACHE_MAX];
+    size_t n;
+    size_t size;
+} dt_cache;
+
+/* A block of c->size bytes (contents undefined), or NULL. */
+void *dt_cache_get(dt_cache *c);
+/* Give a block back (freed when the cache is full). NULL is allowed. */
+void dt_cache_put(dt_cache *c, void *p);
+void dt_cache_clear(dt_cache *c);
+
 typedef struct dt_worker {
     struct dt_server *srv;
     int index;
@@ -268,6 +286,10 @@ typedef struct dt_worker {
     dt_list peeks;    /* new forward-mode connections, waiting for their first bytes */
     struct sockaddr_storage *local_addrs; /* this host's addresses (loop checks) */
     size_t nlocal;
+
+    dt_cache req_cache; /* dt_req objects */
+    dt_cache rh_cache;  /* DT_UPSTREAM_HEAD_MAX buffers */
+    void *scan;         /* front.c's header scan scratch, one per worker */
 
     char *logbuf; /* access log lines waiting for one write */
     size_t loglen, logcap;
