@@ -338,8 +338,9 @@ static int set_destination(dt_req *r, const dt_target *t, dt_str host_header)
     bool https = false;
 
     if (t->form == DT_TARGET_ABSOLUTE) {
-        r->up_target = strndup(t->origin_form.p, t->origin_form.n);
-        if (r->up_target == NULL)
+        size_t cap = t->origin_form.n + 2;
+        r->up_target = malloc(cap);
+        if (r->up_target == NULL || dt_target_origin_form(t, r->up_target, cap) < 0)
             return DT_ENOMEM;
         authority = t->authority;
         https = dt_str_ieq(t->scheme, DT_STR_LIT("https"));
@@ -491,11 +492,16 @@ static enum MHD_Result on_head(dt_req *r, const char *method, const char *versio
     s->host_header = (dt_str){NULL, 0};
     s->via_name = (dt_str){r->cfg->via_name, strlen(r->cfg->via_name)};
     MHD_get_connection_values_n(r->mhd, MHD_HEADER_KIND, scan_header, s);
+    /* libmicrohttpd measures values with strlen: "a<NUL>b" arrives as "a". */
+    for (size_t i = 0; i < s->n && !s->folded; i++)
+        if (!dt_header_value_end_ok(s->hdrs[i].value.p, s->hdrs[i].value.n,
+                                    i + 1 < s->n ? s->hdrs[i + 1].name.p : NULL))
+            s->folded = true;
     ret = MHD_YES;
     if (s->too_many)
         ret = answer_and_close(r, 431, "too many request headers");
     else if (s->folded)
-        ret = answer_and_close(r, 400, "obsolete line folding in a request header");
+        ret = answer_and_close(r, 400, "obsolete line folding or a NUL byte in a request header");
     else if (dt_hygiene_finish(&s->hyg) != 0)
         ret = answer_and_close(r, s->hyg.status, s->hyg.reason);
     else if (dt_target_parse((dt_str){r->target, r->target_len}, strcmp(method, "CONNECT") == 0,
@@ -616,6 +622,27 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *c, const char
 
 /* ------------------------------------------------------------ streamed responses */
 
+/*
+ * End a streamed response as broken: the client must see a truncated message
+ * (no final chunk, or fewer bytes than Content-Length), and see it now.
+ * libmicrohttpd 0.9.75 marks the connection closed when a chunked reader
+ * reports an error but, in external-epoll mode, only releases it on the
+ * connection's next timeout (its idle loop breaks out before the cleanup
+ * step). So shut the socket down ourselves, and give the connection a
+ * timeout of its own: connections with one are visited on every MHD_run,
+ * which completes the cleanup at once.
+ */
+static ssize_t reader_fail(dt_req *r)
+{
+    unsigned idle_s = (unsigned)((r->cfg->timeouts.idle_ms + 999) / 1000);
+
+    if (r->conn != NULL && r->conn->fd >= 0)
+        shutdown(r->conn->fd, SHUT_RDWR);
+    MHD_set_connection_option(r->mhd, MHD_CONNECTION_OPTION_TIMEOUT, idle_s == 1 ? 2u : 1u);
+    r->w->mhd_pending = true;
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
 static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     dt_req *r = cls;
@@ -623,7 +650,7 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
 
     (void)pos;
     if (r->client_gone)
-        return MHD_CONTENT_READER_END_WITH_ERROR;
+        return reader_fail(r);
     n = dt_ring_read(&r->down, buf, max);
     if (n > 0) {
         r->bytes_sent += n;
@@ -631,8 +658,7 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
         return (ssize_t)n;
     }
     if (r->transfer_done)
-        return r->transfer_err != DT_OK ? MHD_CONTENT_READER_END_WITH_ERROR
-                                        : MHD_CONTENT_READER_END_OF_STREAM;
+        return r->transfer_err != DT_OK ? reader_fail(r) : MHD_CONTENT_READER_END_OF_STREAM;
     suspend(r, DT_WAIT_BODY);
     return 0;
 }
@@ -1268,7 +1294,14 @@ static void close_late(dt_conn *k)
     dt_log_debug("closed connection from %s: request head not complete in time", k->client_ip);
 }
 
-/* Has the peer sent anything since SINCE (monotonic ms)? From the kernel's TCP_INFO. */
+/*
+ * Has the peer sent anything since SINCE (monotonic ms)? From the kernel's
+ * TCP_INFO, whose clock ticks in jiffies (up to 10 ms): bytes of the previous
+ * request can look a few ms younger than its end, so allow a margin. A head
+ * that keeps trickling updates the time and is caught on a later sweep.
+ */
+#define DT_TCPINFO_SLACK_MS 50
+
 static bool data_since(const dt_conn *k, int64_t now, int64_t since)
 {
     struct tcp_info ti;
@@ -1276,7 +1309,7 @@ static bool data_since(const dt_conn *k, int64_t now, int64_t since)
 
     if (getsockopt(k->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
         return false;
-    return now - (int64_t)ti.tcpi_last_data_recv > since;
+    return now - (int64_t)ti.tcpi_last_data_recv > since + DT_TCPINFO_SLACK_MS;
 }
 
 static void watch_long_suspensions(dt_worker *w, int64_t now)

@@ -50,6 +50,11 @@ void dt_server_conn_release(dt_server *srv)
     atomic_fetch_sub_explicit(&srv->conns, 1, memory_order_relaxed);
 }
 
+bool dt_server_conn_available(dt_server *srv)
+{
+    return atomic_load_explicit(&srv->conns, memory_order_relaxed) < srv->max_conns;
+}
+
 /* Each client connection may need an upstream one: room for both, and slack. */
 static void raise_fd_limit(int max_connections)
 {

@@ -392,6 +392,9 @@ static void *worker_main(void *arg)
         if (now >= w->next_sweep) {
             dt_front_sweep(w, now);
             dt_tunnel_sweep(w, now);
+            /* A connection closing on another worker freed a slot for us too. */
+            if (!w->draining && dt_server_conn_available(w->srv))
+                listeners_pause(w, false);
             w->next_sweep = now + DT_SWEEP_MS;
         }
         dt_upstream_reap(w);

@@ -313,5 +313,6 @@ void dt_worker_log_access(dt_worker *w, const char *line, size_t len);
 /* Server-wide connection accounting (limits.max_connections), any worker. */
 bool dt_server_conn_acquire(struct dt_server *srv);
 void dt_server_conn_release(struct dt_server *srv);
+bool dt_server_conn_available(struct dt_server *srv);
 
 #endif
