@@ -17,8 +17,11 @@ asan:
 demo:
 	bash scripts/demo.sh
 
-install: all
-	cmake --install $(BUILD)
+# Installing needs no test dependencies: configure without the test suite.
+install:
+	cmake -S . -B $(BUILD)-install -DCMAKE_INSTALL_PREFIX=$(PREFIX) -DDETOUR_TESTS=OFF -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD)-install -j$$(nproc) --target detour
+	cmake --install $(BUILD)-install --strip
 
 bench: all
 	bash tests/bench/run.sh
@@ -27,4 +30,4 @@ format:
 	clang-format -i proxy/*.c include/detour/*.h tests/*/*.c tests/*/*.h
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) $(BUILD)-install build-asan

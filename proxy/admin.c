@@ -1,6 +1,7 @@
 /*
  * admin.c - /healthz and /metrics on their own libmicrohttpd daemon.
  */
+#include <errno.h>
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -69,6 +70,16 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return send_text(c, 404, "text/plain", "not found\n", 10, MHD_RESPMEM_PERSISTENT);
 }
 
+static const char *srv_path(struct dt_server *srv)
+{
+    static __thread char path[512];
+    dt_config *cfg = dt_server_config(srv);
+
+    snprintf(path, sizeof path, "%s", cfg != NULL ? cfg->path : "config");
+    dt_config_unref(cfg);
+    return path;
+}
+
 dt_admin *dt_admin_start(struct dt_server *srv, const dt_listen *addr, char *err, size_t errlen)
 {
     dt_admin *a = calloc(1, sizeof *a);
@@ -85,7 +96,8 @@ dt_admin *dt_admin_start(struct dt_server *srv, const dt_listen *addr, char *err
                               (const struct sockaddr *)&addr->addr, MHD_OPTION_CONNECTION_TIMEOUT,
                               10u, MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_END);
     if (a->mhd == NULL) {
-        snprintf(err, errlen, "admin: cannot listen on %s", addr->text);
+        snprintf(err, errlen, "%s:%d: admin: cannot listen on %s: %s", srv_path(srv), addr->line,
+                 addr->text, strerror(errno));
         free(a);
         return NULL;
     }

@@ -535,6 +535,7 @@ static const config_setting_t *item_at(const config_setting_t *s, size_t i)
 
 static int get_string(loader *ld, const config_setting_t *s, const char **out)
 {
+    *out = NULL;
     if (config_setting_type(s) != CONFIG_TYPE_STRING)
         return fail(ld, s, "%s: must be a string", SPATH(s));
     *out = config_setting_get_string(s);
@@ -545,6 +546,7 @@ static int get_string(loader *ld, const config_setting_t *s, const char **out)
 
 static int get_bool(loader *ld, const config_setting_t *s, bool *out)
 {
+    *out = false;
     if (config_setting_type(s) != CONFIG_TYPE_BOOL)
         return fail(ld, s, "%s: must be true or false", SPATH(s));
     *out = config_setting_get_bool(s) != 0;
@@ -578,6 +580,7 @@ static long long literal_int(loader *ld, const config_setting_t *s, long long v)
 static int get_int(loader *ld, const config_setting_t *s, long long lo, long long hi,
                    long long *out)
 {
+    *out = 0;
     int type = config_setting_type(s);
     if (type != CONFIG_TYPE_INT && type != CONFIG_TYPE_INT64)
         return fail(ld, s, "%s: must be an integer", SPATH(s));
@@ -592,6 +595,7 @@ static int get_int(loader *ld, const config_setting_t *s, long long lo, long lon
 
 static int get_int_in(loader *ld, const config_setting_t *s, int lo, int hi, int *out)
 {
+    *out = 0;
     long long v = 0;
     int rc = get_int(ld, s, lo, hi, &v);
     if (rc == DT_OK)
@@ -643,6 +647,7 @@ static int dup_str(loader *ld, const char *v, char **out)
 /* A file name: resolved against the config directory and copied. */
 static int get_path(loader *ld, const config_setting_t *s, char **out)
 {
+    *out = NULL;
     const char *v;
     int rc = get_string(ld, s, &v);
     if (rc)
@@ -654,6 +659,7 @@ static int get_path(loader *ld, const config_setting_t *s, char **out)
 /* get_path() for a file detour must be able to read when it starts. */
 static int get_readable_path(loader *ld, const config_setting_t *s, char **out)
 {
+    *out = NULL;
     int rc = get_path(ld, s, out);
     if (rc == DT_OK && access(*out, R_OK) != 0)
         return fail(ld, s, "%s: cannot read \"%s\": %s", SPATH(s), *out, strerror(errno));
@@ -877,6 +883,7 @@ static bool parse_time(const char *s, int64_t *out)
 
 static int get_time(loader *ld, const config_setting_t *s, int64_t *out)
 {
+    *out = 0;
     const char *v;
     int rc = get_string(ld, s, &v);
     if (rc == DT_OK && !parse_time(v, out))
@@ -1512,6 +1519,8 @@ static int key_match_host(loader *ld, const config_setting_t *s, void *obj, size
 /* prefix and path: raw bytes starting with '/'. */
 static int get_request_path(loader *ld, const config_setting_t *s, char **out, size_t *len)
 {
+    *out = NULL;
+    *len = 0;
     const char *v;
     int rc = get_string(ld, s, &v);
     if (rc)
@@ -2177,6 +2186,11 @@ static int finish(loader *ld)
         cfg->routes[i].index = i;
         cfg->routes[i].stats = dt_metrics_route(cfg->routes[i].name);
         if (!cfg->routes[i].stats)
+            return fail_nomem(ld);
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        cfg->upstreams[i].stats = dt_metrics_upstream(cfg->upstreams[i].name);
+        if (!cfg->upstreams[i].stats)
             return fail_nomem(ld);
     }
     cfg->rules = dt_ruleset_build(cfg->routes, cfg->nroutes);

@@ -36,6 +36,7 @@
 
 #include "detour/access.h"
 #include "detour/front.h"
+#include "detour/leaklog.h"
 #include "detour/log.h"
 #include "detour/page.h"
 #include "detour/rewrite.h"
@@ -659,6 +660,14 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max)
     }
     if (r->transfer_done)
         return r->transfer_err != DT_OK ? reader_fail(r) : MHD_CONTENT_READER_END_OF_STREAM;
+    /* libmicrohttpd sends the head and body blocks with MSG_MORE/TCP_CORK,
+     * expecting more to follow at once; when the upstream is slower than
+     * that, what was written would wait in the kernel (a long poll would
+     * never see its head). Setting TCP_NODELAY pushes it out now. */
+    if (r->conn != NULL) {
+        int one = 1;
+        setsockopt(r->conn->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     suspend(r, DT_WAIT_BODY);
     return 0;
 }
@@ -694,16 +703,15 @@ static int64_t parse_length(dt_str v)
     return n;
 }
 
-static void count_leak(dt_req *r)
+static void count_leak(dt_req *r, dt_str location)
 {
-    dt_metrics_location_leak(r->w->metrics,
-                             r->upstream != NULL ? dt_metrics_upstream(r->upstream->name) : NULL);
+    dt_metrics_location_leak(r->w->metrics, r->upstream != NULL ? r->upstream->stats : NULL);
+    dt_leaklog_report(r->upstream != NULL ? r->upstream->name : NULL, location);
 }
 
 static bool add_location(dt_req *r, struct MHD_Response *resp, dt_str value)
 {
     char out[DT_LOCATION_MAX];
-    char authority[300];
     size_t out_len = 0;
     const dt_relay *relay = r->route != NULL && r->route->kind == DT_ROUTE_RELAY ? &r->route->relay
                                                                                  : NULL;
@@ -712,19 +720,19 @@ static bool add_location(dt_req *r, struct MHD_Response *resp, dt_str value)
     size_t host_len = 0;
 
     if (MHD_lookup_connection_value_n(r->mhd, MHD_HEADER_KIND, "Host", 4, &host, &host_len) !=
-        MHD_YES)
-        host = NULL;
-    snprintf(authority, sizeof authority, "%.*s", host != NULL ? (int)host_len : 0,
-             host != NULL ? host : "");
+        MHD_YES) {
+        host = "";
+        host_len = 0;
+    }
     switch (dt_rewrite_location(value, r->upstream, enabled, r->cfg,
-                                (dt_str){r->scheme, strlen(r->scheme)},
-                                (dt_str){authority, strlen(authority)}, out, sizeof out, &out_len)) {
+                                (dt_str){r->scheme, strlen(r->scheme)}, (dt_str){host, host_len},
+                                out, sizeof out, &out_len)) {
     case DT_LOCATION_REWRITTEN:
         free(r->location);
         r->location = strndup(out, out_len);
         return MHD_add_response_header(resp, "Location", out) == MHD_YES;
     case DT_LOCATION_LEAK:
-        count_leak(r);
+        count_leak(r, value);
         break;
     case DT_LOCATION_KEPT:
         break;
@@ -794,8 +802,7 @@ static void answer_upstream_error(dt_req *r)
 {
     int status = error_status(r->transfer_err);
 
-    dt_metrics_upstream_error(r->w->metrics,
-                              r->upstream != NULL ? dt_metrics_upstream(r->upstream->name) : NULL,
+    dt_metrics_upstream_error(r->w->metrics, r->upstream != NULL ? r->upstream->stats : NULL,
                               r->transfer_err);
     r->action = DT_ACTION_ERROR;
     set_answer(r, status, page_response(r, status, dt_strerror(r->transfer_err)));
@@ -1149,9 +1156,9 @@ static unsigned pool_size(const dt_config *cfg)
     return need < 32 * 1024 ? 32 * 1024 : need;
 }
 
-static struct MHD_Daemon *start_daemon(dt_worker *w, const dt_listen *tls, char *err, size_t errlen)
+static struct MHD_Daemon *start_daemon(const dt_config *cfg, dt_worker *w, const dt_listen *tls,
+                                       char *err, size_t errlen)
 {
-    const dt_config *cfg = w->cfg;
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO |
                      MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG;
     unsigned idle_s = (unsigned)((cfg->timeouts.idle_ms + 999) / 1000);
@@ -1167,16 +1174,18 @@ static struct MHD_Daemon *start_daemon(dt_worker *w, const dt_listen *tls, char 
     }
     /* Without TLS the option list ends before the certificate options. */
     d = MHD_start_daemon(
-        flags, 0, NULL, NULL, access_cb, w, MHD_OPTION_URI_LOG_CALLBACK, uri_cb, w,
-        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, w, MHD_OPTION_NOTIFY_CONNECTION, conn_cb, w,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->limits.max_connections + 16,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)pool_size(cfg),
-        MHD_OPTION_CONNECTION_TIMEOUT, idle_s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        flags, 0, NULL, NULL, access_cb, w, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_URI_LOG_CALLBACK, uri_cb, w, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, w,
+        MHD_OPTION_NOTIFY_CONNECTION, conn_cb, w, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->limits.max_connections + 16, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)pool_size(cfg), MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
         tls != NULL ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert,
         MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_END);
-    if (d == NULL)
-        snprintf(err, errlen, "libmicrohttpd daemon could not start%s",
-                 tls != NULL ? " (TLS: check the certificate and key)" : "");
+    if (d == NULL && tls != NULL)
+        snprintf(err, errlen, "%s:%d: listen %s: the TLS certificate %s and key %s cannot be used",
+                 cfg->path, tls->line, tls->text, tls->tls_cert, tls->tls_key);
+    else if (d == NULL)
+        snprintf(err, errlen, "libmicrohttpd daemon could not start");
 out:
     free(cert);
     free(key);
@@ -1194,7 +1203,7 @@ int dt_front_start(dt_worker *w, char *err, size_t errlen)
         return DT_ENOMEM;
     /* Daemon 0 serves every plain listener; each TLS listener has its own
      * (libmicrohttpd takes one certificate per daemon). */
-    w->daemons[0].mhd = start_daemon(w, NULL, err, errlen);
+    w->daemons[0].mhd = start_daemon(w->cfg, w, NULL, err, errlen);
     if (w->daemons[0].mhd == NULL)
         return DT_EIO;
     w->ndaemons = 1;
@@ -1203,7 +1212,7 @@ int dt_front_start(dt_worker *w, char *err, size_t errlen)
         l->daemon = 0;
         if (!l->tls)
             continue;
-        w->daemons[w->ndaemons].mhd = start_daemon(w, l->conf, err, errlen);
+        w->daemons[w->ndaemons].mhd = start_daemon(w->cfg, w, l->conf, err, errlen);
         if (w->daemons[w->ndaemons].mhd == NULL)
             return DT_EIO;
         l->daemon = (int)w->ndaemons++;
@@ -1223,8 +1232,33 @@ int dt_front_start(dt_worker *w, char *err, size_t errlen)
     return DT_OK;
 }
 
+int dt_front_check_tls(const dt_config *cfg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        const dt_listen *l = &cfg->listen[i];
+        struct MHD_Daemon *d;
+        if (l->tls_cert == NULL)
+            continue;
+        d = start_daemon(cfg, NULL, l, err, errlen);
+        if (d == NULL)
+            return DT_ECONFIG;
+        MHD_stop_daemon(d);
+    }
+    return DT_OK;
+}
+
 void dt_front_stop(dt_worker *w)
 {
+    /* libmicrohttpd refuses to stop with suspended connections (it aborts):
+     * end those requests as abandoned and let the daemons finish them. */
+    for (int round = 0; round < 8 && !dt_list_empty(&w->suspended); round++) {
+        size_t n = 0;
+        while (!dt_list_empty(&w->suspended) && n++ < 100000)
+            dt_front_client_hangup(dt_container_of(w->suspended.next, dt_req, susp_link));
+        for (size_t i = 0; i < w->ndaemons; i++)
+            if (w->daemons[i].mhd != NULL)
+                MHD_run(w->daemons[i].mhd);
+    }
     for (size_t i = 0; i < w->ndaemons; i++)
         if (w->daemons[i].mhd != NULL)
             MHD_stop_daemon(w->daemons[i].mhd);

@@ -102,8 +102,7 @@ size_t dt_leaklog_format(char *out, size_t cap, dt_str upstream, dt_str location
     n = k > 0 ? (size_t)k : 0;
     put_escaped(out, cap, &n, location);
     if (held > 0)
-        snprintf(tail, sizeof tail, " (%llu more since the last report)",
-                 (unsigned long long)held);
+        snprintf(tail, sizeof tail, " (%llu more since the last report)", (unsigned long long)held);
     k = snprintf(n < cap ? out + n : NULL, n < cap ? cap - n : 0,
                  "\" names an internal origin and reaches the client unchanged%s", tail);
     n += k > 0 ? (size_t)k : 0;

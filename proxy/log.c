@@ -2,15 +2,16 @@
  * log.c - error log lines on stderr and the access log.
  *
  * The access log file descriptor number never changes while detour runs:
- * a reopen (SIGUSR1, logrotate) opens the new file and dup2()s it onto the
- * same number, so workers writing concurrently never see a closed or reused
- * descriptor. Workers buffer whole lines and write them with one write(),
+ * a reopen (SIGUSR1, logrotate) or a reload to another path opens the new
+ * file and dup2()s it onto the same number, so workers writing concurrently
+ * never see a closed or reused descriptor. Workers buffer whole lines and write them with one write(),
  * which O_APPEND keeps from interleaving.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -18,9 +19,15 @@
 #include "detour/log.h"
 
 static atomic_int log_level = DT_LOG_INFO;
-static int access_fd = -1;     /* owned here; stdout when "-" is not owned */
-static bool access_owned;      /* access_fd is a file we opened */
-static char *access_path;      /* for reopen */
+/*
+ * The access log descriptor. Once opened its number never changes while
+ * workers may write to it: a reopen or a reload to another path dup2()s the
+ * new file onto it; "-" is a dup() of stdout so that it can be replaced the
+ * same way; "off" only clears access_on (the descriptor stays, harmless).
+ */
+static atomic_int access_fd = -1;
+static atomic_bool access_on;
+static char *access_path; /* the file to reopen on SIGUSR1; NULL for "-" */
 
 void dt_log_set_level(dt_log_level level)
 {
@@ -72,38 +79,24 @@ void dt_log(dt_log_level level, const char *fmt, ...)
 
 /* ------------------------------------------------------------ access log */
 
-int dt_access_log_open(const dt_config *cfg)
+/* A descriptor for TARGET ("-" or a path), or -1 with errno set. */
+static int open_target(const char *target)
 {
-    dt_access_log_close();
-    if (cfg->access_log == NULL)
-        return DT_OK;
-    if (strcmp(cfg->access_log, "-") == 0) {
-        access_fd = STDOUT_FILENO;
-        return DT_OK;
-    }
-    int fd = open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (fd < 0)
-        return DT_EIO;
-    access_path = strdup(cfg->access_log);
-    if (access_path == NULL) {
-        close(fd);
-        return DT_ENOMEM;
-    }
-    access_fd = fd;
-    access_owned = true;
-    return DT_OK;
+    if (strcmp(target, "-") == 0)
+        return fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+    return open(target, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 }
 
-int dt_access_log_reopen(void)
+/* Make the stable descriptor point at FD (consumed). */
+static int install_fd(int fd)
 {
-    int fd;
+    int cur = atomic_load(&access_fd);
 
-    if (!access_owned)
+    if (cur < 0) {
+        atomic_store(&access_fd, fd);
         return DT_OK;
-    fd = open(access_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (fd < 0)
-        return DT_EIO;
-    if (dup2(fd, access_fd) < 0) {
+    }
+    if (dup2(fd, cur) < 0) {
         close(fd);
         return DT_EIO;
     }
@@ -111,25 +104,62 @@ int dt_access_log_reopen(void)
     return DT_OK;
 }
 
+int dt_access_log_open(const dt_config *cfg)
+{
+    char *path = NULL;
+    int fd;
+
+    if (cfg->access_log == NULL) {
+        atomic_store(&access_on, false);
+        return DT_OK;
+    }
+    if (strcmp(cfg->access_log, "-") != 0 && (path = strdup(cfg->access_log)) == NULL)
+        return DT_ENOMEM;
+    fd = open_target(cfg->access_log);
+    if (fd < 0 || install_fd(fd) != DT_OK) {
+        free(path);
+        return DT_EIO;
+    }
+    free(access_path);
+    access_path = path;
+    atomic_store(&access_on, true);
+    return DT_OK;
+}
+
+int dt_access_log_reopen(void)
+{
+    int fd;
+
+    if (access_path == NULL || !atomic_load(&access_on))
+        return DT_OK;
+    fd = open_target(access_path);
+    if (fd < 0)
+        return DT_EIO;
+    return install_fd(fd);
+}
+
 void dt_access_log_close(void)
 {
-    if (access_owned)
-        close(access_fd);
+    int fd = atomic_exchange(&access_fd, -1);
+
+    atomic_store(&access_on, false);
+    if (fd >= 0)
+        close(fd);
     free(access_path);
     access_path = NULL;
-    access_owned = false;
-    access_fd = -1;
 }
 
 bool dt_access_log_enabled(void)
 {
-    return access_fd >= 0;
+    return atomic_load_explicit(&access_on, memory_order_relaxed);
 }
 
 void dt_access_log_write_raw(const char *buf, size_t len)
 {
-    while (len > 0 && access_fd >= 0) {
-        ssize_t n = write(access_fd, buf, len);
+    int fd = atomic_load_explicit(&access_fd, memory_order_relaxed);
+
+    while (len > 0 && fd >= 0) {
+        ssize_t n = write(fd, buf, len);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

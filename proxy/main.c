@@ -9,6 +9,7 @@
 
 #include "detour/check.h"
 #include "detour/config.h"
+#include "detour/front.h"
 #include "detour/log.h"
 #include "detour/server.h"
 
@@ -81,6 +82,10 @@ int main(int argc, char **argv)
         int rc = 0;
         if (check) {
             int errors = dt_check_config(cfg, stdout);
+            if (dt_front_check_tls(cfg, err, sizeof err) != DT_OK) {
+                fprintf(stderr, "%s\n", err);
+                errors++;
+            }
             if (errors == 0)
                 printf("%s: ok (%zu routes, %zu expectations)\n", cfg->path, cfg->nroutes,
                        cfg->nexpects);

@@ -83,15 +83,14 @@ static bool parse_abs(dt_str s, abs_url *u)
         if (he == NULL)
             return false;
         a = he + 1;
+        const char *zone = memchr(hs, '%', (size_t)(he - hs));
+        he = zone != NULL ? zone : he; /* [fe80::1%25eth0] */
     } else {
         he = memchr(a, ':', (size_t)(ae - a));
         he = he != NULL ? he : ae;
         a = he;
     }
     u->port = parse_port(a, ae);
-    const char *zone = memchr(hs, '%', (size_t)(he - hs)); /* [fe80::1%25eth0] */
-    if (hs > s.p && hs[-1] == '[' && zone != NULL)
-        he = zone;
     if (he > hs && he[-1] == '.')
         he--; /* "example.com." is "example.com" */
     u->host = (dt_str){hs, (size_t)(he - hs)};
@@ -116,8 +115,8 @@ static bool names_origin(const abs_url *u, const dt_upstream *up)
 {
     dt_str scheme = up->https ? DT_STR_LIT("https") : DT_STR_LIT("http");
 
-    return (u->scheme.n == 0 || dt_str_ieq(u->scheme, scheme)) && port_of(u, up->https) == up->port &&
-           same_host(u, up);
+    return (u->scheme.n == 0 || dt_str_ieq(u->scheme, scheme)) &&
+           port_of(u, up->https) == up->port && same_host(u, up);
 }
 
 static bool v4_internal(const unsigned char a[4])
@@ -196,10 +195,15 @@ static bool build_location(dt_str scheme, dt_str authority, dt_str rest, char *o
     return true;
 }
 
-/* Does U name an internal address or the host of UP or of any upstream of CFG? */
+/*
+ * Does U name the host of UP or of any upstream of CFG, or, behind an
+ * upstream, an internal address? Without UP (forward and transparent relays
+ * to the request's own destination) the client chose the destination itself,
+ * internal or not, and a Location naming it tells the client nothing new.
+ */
 static bool is_leak(const abs_url *u, const dt_upstream *up, const dt_config *cfg)
 {
-    if (dt_host_is_internal(u->host) || (up != NULL && same_host(u, up)))
+    if (up != NULL && (dt_host_is_internal(u->host) || same_host(u, up)))
         return true;
     for (size_t i = 0; cfg != NULL && i < cfg->nupstreams; i++)
         if (same_host(u, &cfg->upstreams[i]))

@@ -226,8 +226,7 @@ int dt_server_run(dt_config *cfg)
                      strerror(errno));
         goto out;
     }
-    if (start_workers(&srv, cfg) != DT_OK)
-        goto out;
+    /* Admin first: a health probe must not be refused once proxying starts. */
     if (cfg->admin != NULL) {
         char err[512];
         srv.admin = dt_admin_start(&srv, cfg->admin, err, sizeof err);
@@ -236,6 +235,8 @@ int dt_server_run(dt_config *cfg)
             goto out;
         }
     }
+    if (start_workers(&srv, cfg) != DT_OK)
+        goto out;
     dt_log_info("detour %s listening on %s%s (%s mode, %d workers)", DT_VERSION, cfg->listen[0].text,
                 cfg->nlisten > 1 ? " and more" : "", dt_mode_name(cfg->mode), srv.nworkers);
     serve_signals(&srv, &set);

@@ -27,6 +27,7 @@ struct dt_map;
 struct dt_flag;
 struct dt_ruleset;
 struct dt_route_stats;
+struct dt_upstream_stats;
 
 typedef enum dt_mode { DT_MODE_REVERSE = 0, DT_MODE_FORWARD, DT_MODE_TRANSPARENT } dt_mode;
 
@@ -54,6 +55,7 @@ typedef struct dt_upstream {
     char *ca_file;   /* CA bundle for verification, NULL = system default */
     int line;
     size_t index; /* position in dt_config.upstreams */
+    struct dt_upstream_stats *stats; /* metrics cell, shared across reloads by name */
 } dt_upstream;
 
 /* One `host` pattern: "example.com" or "*.example.com" (stored lower case). */

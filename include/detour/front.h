@@ -19,6 +19,13 @@
 int dt_front_start(dt_worker *w, char *err, size_t errlen);
 void dt_front_stop(dt_worker *w);
 
+/*
+ * Try every TLS listener's certificate and key the way the server will
+ * (for `detour -t`). DT_OK, or DT_ECONFIG with "FILE:LINE: ..." in err.
+ * Any thread; touches no worker.
+ */
+int dt_front_check_tls(const dt_config *cfg, char *err, size_t errlen);
+
 /* Hand an accepted socket to daemon DAEMON. On failure the socket is closed. */
 int dt_front_add_connection(dt_worker *w, int daemon, int fd, const struct sockaddr *sa,
                             socklen_t salen, const dt_conn_init *init);

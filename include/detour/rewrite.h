@@ -29,9 +29,11 @@ typedef enum dt_location_result {
  * client used, with its port) followed by the rest of LOCATION (path, query,
  * fragment) unchanged; userinfo is dropped. *OUT_LEN is set when rewritten.
  *
- * A Location left alone is a leak when its host is internal
- * (dt_host_is_internal) or is the host of UP or of any upstream of CFG, on
- * any scheme and port: the name of an internal machine reached the client.
+ * A Location left alone is a leak when its host is the host of UP or of any
+ * upstream of CFG, on any scheme and port, or, when UP is given, an internal
+ * one (dt_host_is_internal): the name of a machine behind detour reached the
+ * client. Without UP (a relay to the request's own destination, chosen by
+ * the client) an internal address alone is not a leak.
  * An empty CLIENT_AUTHORITY (no Host) or a rewrite that does not fit in OUT
  * keeps the original, which then counts as a leak. Relative Locations and
  * other schemes' URIs (mailto:) are kept. Pure; UP and CFG may be NULL.

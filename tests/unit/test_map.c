@@ -247,7 +247,12 @@ static void test_million_lines(void **state)
     print_message("1,000,000-line map (%zu bytes): %.3f s, %zu bytes held\n", fsize, took,
                   dt_map_memory(m));
     assert_int_equal(dt_map_count(m), BIG_LINES);
+#if defined(__SANITIZE_ADDRESS__)
+    /* Sanitizer builds run several times slower: the bound is for real builds. */
+    (void)took;
+#else
     assert_true(took < 2.0);
+#endif
     assert_true(dt_map_memory(m) <= 2 * fsize);
     assert_maps_to(m, "/legacy/catalog/item-0.html", "https://shop.example/p/0");
     assert_maps_to(m, "/legacy/catalog/item-499999.html", "https://shop.example/p/499999");
