@@ -88,6 +88,7 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
     dt_list_init(&r->link);
     dt_list_init(&r->timer);
     dt_list_init(&r->susp_link);
+    dt_list_init(&r->small_link);
     return r;
 }
 
@@ -145,6 +146,7 @@ static void resume(dt_req *r)
         return;
     unwatch(r);
     dt_list_remove(&r->susp_link);
+    dt_list_remove(&r->small_link);
     r->wait = DT_WAIT_NONE;
     MHD_resume_connection(r->mhd);
     r->w->mhd_pending = true;
@@ -837,7 +839,11 @@ void dt_front_upstream_head(dt_req *r)
         if (r->small_cap > 0 && r->small_buf == NULL) {
             r->transfer_err = DT_ENOMEM;
             dt_upstream_abort(r);
+            return;
         }
+        /* If the body is not all here by the end of this loop turn, stream it
+         * instead (dt_front_flush_small): the head must not wait for a slow body. */
+        dt_list_append(&r->w->small_pending, &r->small_link);
         return;
     }
     if (status == 204) {
@@ -883,6 +889,7 @@ static void answer_small(dt_req *r)
     int status = r->status; /* the client status chosen when the head arrived */
     struct MHD_Response *resp;
 
+    dt_list_remove(&r->small_link);
     if (r->small_len != r->small_cap) {
         r->transfer_err = DT_ERESET;
         answer_upstream_error(r);
@@ -906,6 +913,50 @@ static void answer_small(dt_req *r)
         return;
     }
     set_answer(r, status, resp);
+}
+
+/* A small body that did not arrive with its head: stream what is there and the rest. */
+static void small_to_stream(dt_req *r)
+{
+    struct MHD_Response *resp;
+
+    if (dt_ring_init(&r->down, DT_RING_SIZE) != DT_OK)
+        goto fail;
+    /* The ring holds at least DT_SMALL_BODY, so the whole body fits. */
+    dt_ring_write(&r->down, r->small_buf, r->small_len);
+    free(r->small_buf);
+    r->small_buf = NULL;
+    r->small = false;
+    resp = MHD_create_response_from_callback((uint64_t)r->small_cap, DT_STREAM_BLOCK, body_reader,
+                                             r, body_reader_free);
+    if (resp == NULL)
+        goto fail;
+    r->refs++;
+    if (!add_upstream_headers(r, resp)) {
+        MHD_destroy_response(resp);
+        goto fail;
+    }
+    set_answer(r, r->status, resp);
+    if (r->wait == DT_WAIT_RESPONSE)
+        resume(r);
+    return;
+fail:
+    r->transfer_err = DT_ENOMEM;
+    dt_upstream_abort(r);
+    answer_upstream_error(r);
+    if (r->wait == DT_WAIT_RESPONSE)
+        resume(r);
+}
+
+void dt_front_flush_small(dt_worker *w)
+{
+    while (!dt_list_empty(&w->small_pending)) {
+        dt_req *r = dt_container_of(w->small_pending.next, dt_req, small_link);
+        dt_list_remove(&r->small_link);
+        if (r->small && !r->transfer_done && r->state == DT_REQ_RELAY && r->resp == NULL &&
+            !r->client_gone)
+            small_to_stream(r);
+    }
 }
 
 void dt_front_upstream_done(dt_req *r)
@@ -1002,6 +1053,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls,
     k = r->conn;
     unwatch(r);
     dt_list_remove(&r->susp_link);
+    dt_list_remove(&r->small_link);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->transfer_active)
         r->client_gone = true;
     dt_upstream_abort(r);

@@ -397,6 +397,7 @@ static void *worker_main(void *arg)
                 listeners_pause(w, false);
             w->next_sweep = now + DT_SWEEP_MS;
         }
+        dt_front_flush_small(w);
         dt_upstream_reap(w);
         dt_tunnel_reap(w);
         if (w->draining && (w->nconns == 0 || now >= w->drain_deadline))
@@ -452,6 +453,7 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->rh_cache.size = DT_UPSTREAM_HEAD_MAX;
     dt_list_init(&w->head_wait);
     dt_list_init(&w->suspended);
+    dt_list_init(&w->small_pending);
     dt_list_init(&w->resolved);
     dt_list_init(&w->tunnels);
     dt_list_init(&w->dead_tunnels);

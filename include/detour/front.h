@@ -48,6 +48,9 @@ void dt_front_upstream_body(dt_req *r);  /* more body in r->down */
 void dt_front_upstream_done(dt_req *r);  /* transfer finished (ok or r->transfer_err) */
 void dt_front_upload_space(dt_req *r);   /* r->up has room again */
 
+/* End of a loop turn: small bodies still incomplete switch to streaming. */
+void dt_front_flush_small(dt_worker *w);
+
 /* The client of a suspended request hung up. */
 void dt_front_client_hangup(dt_req *r);
 

@@ -202,6 +202,7 @@ typedef struct dt_req {
     unsigned nrh;
     dt_list link;      /* in one of the worker's queues (wait, unpause) */
     dt_list susp_link; /* in worker.suspended while its connection is suspended */
+    dt_list small_link; /* in worker.small_pending while a small body is collected */
     int64_t suspended_at;
     dt_list timer;     /* in worker.up_timers while waiting on the upstream */
     int64_t deadline;  /* for timer */
@@ -266,6 +267,7 @@ typedef struct dt_worker {
     dt_list up_timers; /* requests waiting on the upstream, by deadline */
     dt_list head_wait; /* connections awaiting a request head */
     dt_list suspended; /* suspended requests, oldest first (hang-up watch) */
+    dt_list small_pending; /* small bodies started this loop turn */
     int64_t mhd_due;   /* monotonic ms when libmicrohttpd's own timeout falls due */
     int64_t next_sweep;
     int64_t last_sweep;
