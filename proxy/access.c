@@ -167,14 +167,18 @@ bool dt_access_is_self(const dt_config *cfg, const struct sockaddr *sa,
     const uint8_t *bytes = NULL;
     unsigned port = 0, lport = 0;
 
-    if (addr_bytes(sa, &bytes, &port) < 0)
+    int family = addr_bytes(sa, &bytes, &port);
+    /* connect() to 0.0.0.0 or :: reaches this host's loopback of that family. */
+    bool unspecified = is_wildcard(sa);
+
+    if (family < 0)
         return false;
     for (size_t i = 0; i < cfg->nlisten; i++) {
         const struct sockaddr *l = (const struct sockaddr *)&cfg->listen[i].addr;
         const uint8_t *lb = NULL;
-        if (addr_bytes(l, &lb, &lport) < 0 || lport != port)
+        if (addr_bytes(l, &lb, &lport) != family || lport != port)
             continue;
-        if (same_addr(l, sa))
+        if (same_addr(l, sa) || (unspecified && is_loopback(l)))
             return true;
         if (!is_wildcard(l))
             continue;

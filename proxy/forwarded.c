@@ -84,6 +84,9 @@ void dt_fwd_request_headers(const dt_header_field *in, size_t n, const dt_fwd_ct
 
         if (dt_header_drop(name, &conn) || request_header_replaced(name))
             continue;
+        /* Credentials for the proxy must never travel on to every origin. */
+        if (c->proxy_auth_consumed && name_is(name, "Proxy-Authorization"))
+            continue;
         if (name_is(name, "Host")) {
             if (host_emitted)
                 continue; /* hygiene refuses two Hosts; never send two */

@@ -370,6 +370,10 @@ static int set_destination(dt_req *r, const dt_target *t, dt_str host_header)
         memcpy(r->dest, authority.p, authority.n);
         r->dest[authority.n] = '\0';
         r->dest_https = https;
+        /* RFC 9112 3.2.2: a proxy replaces Host with the target's authority,
+         * whichever upstream the request goes to. */
+        if (t->form == DT_TARGET_ABSOLUTE)
+            r->replace_host = (dt_str){r->dest, authority.n};
     }
     return DT_OK;
 }

@@ -478,6 +478,7 @@ static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, si
         .proto = {r->scheme, strlen(r->scheme)},
         .via_name = {r->cfg->via_name, strlen(r->cfg->via_name)},
         .replace_host = r->replace_host,
+        .proxy_auth_consumed = r->cfg->mode == DT_MODE_FORWARD,
         .max_forwards = dt_str_eq(method, DT_STR_LIT("TRACE")) ||
                         dt_str_eq(method, DT_STR_LIT("OPTIONS")),
     };
@@ -487,6 +488,8 @@ static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, si
             c.host = hdrs[i].value;
             break;
         }
+    if (r->replace_host.p != NULL)
+        c.host = r->replace_host; /* X-Forwarded-Host: the host the client asked for */
     _Static_assert(sizeof(dt_req_header) == sizeof(dt_header_field), "same layout");
     dt_fwd_request_headers((const dt_header_field *)hdrs, n, &c, scratch, xff, sizeof xff,
                            slist_emit, &b);

@@ -113,12 +113,31 @@ void dt_worker_conn_closed(dt_worker *w)
 /* Where a kernel-redirected connection was headed (iptables REDIRECT). */
 static bool original_destination(int fd, struct sockaddr_storage *out)
 {
-    socklen_t len = sizeof *out;
+    struct sockaddr_storage local;
+    socklen_t len = sizeof *out, llen = sizeof local;
 
-    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len) == 0)
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, out, &len) != 0) {
+        len = sizeof *out;
+        if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len) != 0)
+            return false;
+    }
+    /* conntrack answers for every tracked connection, redirected or not: one
+     * whose original destination is this socket's own address was made to
+     * detour directly. */
+    if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
         return true;
-    len = sizeof *out;
-    return getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, out, &len) == 0;
+    if (local.ss_family == AF_INET && out->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&local;
+        const struct sockaddr_in *b = (const struct sockaddr_in *)out;
+        return a->sin_port != b->sin_port || a->sin_addr.s_addr != b->sin_addr.s_addr;
+    }
+    if (local.ss_family == AF_INET6 && out->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&local;
+        const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)out;
+        return a->sin6_port != b->sin6_port ||
+               memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) != 0;
+    }
+    return true;
 }
 
 static void on_accept(dt_worker *w, dt_listener *l)

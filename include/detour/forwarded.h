@@ -29,6 +29,7 @@ typedef struct dt_fwd_ctx {
     dt_str via_name;      /* our Via pseudonym */
     dt_str replace_host;  /* .p != NULL: send this as Host (forward mode) */
     bool max_forwards;    /* TRACE/OPTIONS: decrement Max-Forwards */
+    bool proxy_auth_consumed; /* forward mode: Proxy-Authorization was meant for us, not the origin */
 } dt_fwd_ctx;
 
 typedef void (*dt_fwd_emit_fn)(void *ctx, dt_str name, dt_str value);
