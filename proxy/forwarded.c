@@ -65,9 +65,8 @@ static dt_str decremented(dt_str value, char *scratch)
     return (dt_str){scratch, (size_t)len};
 }
 
-void dt_fwd_request_headers(const dt_header_field *in, size_t n, const dt_fwd_ctx *c,
-                            char *scratch, char *xff, size_t xff_cap, dt_fwd_emit_fn emit,
-                            void *ctx)
+void dt_fwd_request_headers(const dt_header_field *in, size_t n, const dt_fwd_ctx *c, char *scratch,
+                            char *xff, size_t xff_cap, dt_fwd_emit_fn emit, void *ctx)
 {
     dt_conn_tokens conn = {0};
     bool via_emitted = false, host_emitted = false;
@@ -93,8 +92,7 @@ void dt_fwd_request_headers(const dt_header_field *in, size_t n, const dt_fwd_ct
             host_emitted = true;
             if (c->replace_host.p != NULL)
                 value = c->replace_host;
-        }
-        else if (name_is(name, "Max-Forwards") && c->max_forwards)
+        } else if (name_is(name, "Max-Forwards") && c->max_forwards)
             value = decremented(value, scratch);
         emit(ctx, name, value);
         /* Our Via goes right after the last Via received, keeping the chain in order. */

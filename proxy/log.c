@@ -4,8 +4,8 @@
  * The access log file descriptor number never changes while detour runs:
  * a reopen (SIGUSR1, logrotate) or a reload to another path opens the new
  * file and dup2()s it onto the same number, so workers writing concurrently
- * never see a closed or reused descriptor. Workers buffer whole lines and write them with one write(),
- * which O_APPEND keeps from interleaving.
+ * never see a closed or reused descriptor. Workers buffer whole lines and write them with one
+ * write(), which O_APPEND keeps from interleaving.
  */
 #include <errno.h>
 #include <fcntl.h>

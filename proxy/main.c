@@ -17,27 +17,28 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: detour [-c FILE] [-t | --check] [--explain 'METHOD URL'] [-h] [-V]\n"
-            "\n"
-            "  -c, --config FILE        config file (default %s)\n"
-            "  -t, --check              load and validate the config, run its expect cases,\n"
-            "                           print findings; exit 0 (valid) or 1\n"
-            "      --explain 'M URL'    print which route the request would take and what\n"
-            "                           detour would answer; URL is absolute\n"
-            "  -V, --version            print the version\n"
-            "  -h, --help               this help\n"
-            "\n"
-            "signals: HUP reloads the config, TERM/INT drain and stop, USR1 reopens the access log\n",
-            DEFAULT_CONFIG);
+    fprintf(
+        out,
+        "usage: detour [-c FILE] [-t | --check] [--explain 'METHOD URL'] [-h] [-V]\n"
+        "\n"
+        "  -c, --config FILE        config file (default %s)\n"
+        "  -t, --check              load and validate the config, run its expect cases,\n"
+        "                           print findings; exit 0 (valid) or 1\n"
+        "      --explain 'M URL'    print which route the request would take and what\n"
+        "                           detour would answer; URL is absolute\n"
+        "  -V, --version            print the version\n"
+        "  -h, --help               this help\n"
+        "\n"
+        "signals: HUP reloads the config, TERM/INT drain and stop, USR1 reopens the access log\n",
+        DEFAULT_CONFIG);
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 't'},
+        {"config", required_argument, NULL, 'c'},  {"check", no_argument, NULL, 't'},
         {"explain", required_argument, NULL, 'E'}, {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *path = DEFAULT_CONFIG, *explain = NULL;
     bool check = false;

@@ -27,7 +27,7 @@
 enum { FAM_REQ = 1, FAM_UPERR, FAM_LEAK, FAM_DRY, FAM_OVERFLOW };
 
 static const double bucket_le[NBUCKETS - 1] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                               0.25,  0.5,    1,     2.5,  5,    10};
+                                               0.25,  0.5,    1,     2.5,  5,     10};
 
 typedef struct cell {
     _Atomic uint64_t key;
@@ -178,8 +178,8 @@ dt_metrics_worker *dt_metrics_worker_slot(int index)
 
 static uint64_t make_key(unsigned fam, uint32_t id, unsigned a, unsigned b)
 {
-    return (uint64_t)fam << 60 | (uint64_t)(id & 0x0fffffffu) << 32 | (uint64_t)(a & 0xffffu) << 16 |
-           (b & 0xffffu);
+    return (uint64_t)fam << 60 | (uint64_t)(id & 0x0fffffffu) << 32 |
+           (uint64_t)(a & 0xffffu) << 16 | (b & 0xffffu);
 }
 
 /* Single writer: plain load + store, no read-modify-write instruction needed. */
@@ -219,8 +219,8 @@ void dt_metrics_request(dt_metrics_worker *w, dt_route_stats *route, dt_action a
 
     if (w == NULL)
         return;
-    count(w, make_key(FAM_REQ, route != NULL ? route->id + 1 : 0, (unsigned)action,
-                      (unsigned)code));
+    count(w,
+          make_key(FAM_REQ, route != NULL ? route->id + 1 : 0, (unsigned)action, (unsigned)code));
     /* Shared between workers, so only write when the second changed. */
     if (route != NULL && atomic_load_explicit(&route->last_hit, memory_order_relaxed) != now_s)
         atomic_store_explicit(&route->last_hit, now_s, memory_order_relaxed);
@@ -366,10 +366,22 @@ static kv *collect(size_t *n)
     return all;
 }
 
-static unsigned fam_of(uint64_t k) { return (unsigned)(k >> 60); }
-static uint32_t id_of(uint64_t k) { return (uint32_t)(k >> 32) & 0x0fffffffu; }
-static unsigned a_of(uint64_t k) { return (unsigned)(k >> 16) & 0xffffu; }
-static unsigned b_of(uint64_t k) { return (unsigned)k & 0xffffu; }
+static unsigned fam_of(uint64_t k)
+{
+    return (unsigned)(k >> 60);
+}
+static uint32_t id_of(uint64_t k)
+{
+    return (uint32_t)(k >> 32) & 0x0fffffffu;
+}
+static unsigned a_of(uint64_t k)
+{
+    return (unsigned)(k >> 16) & 0xffffu;
+}
+static unsigned b_of(uint64_t k)
+{
+    return (unsigned)k & 0xffffu;
+}
 
 static const char *route_name(uint32_t id)
 {
@@ -384,16 +396,26 @@ static const char *upstream_name(uint32_t id)
 static const char *error_kind(int err)
 {
     switch (err) {
-    case DT_EREFUSED: return "refused";
-    case DT_ERESET: return "reset";
-    case DT_ETIMEDOUT: return "timeout";
-    case DT_ECONNTIMEDOUT: return "connect_timeout";
-    case DT_EEMPTY: return "empty_reply";
-    case DT_EHDRTOOBIG: return "header_too_large";
-    case DT_ERESOLVE: return "resolve";
-    case DT_ETLS: return "tls";
-    case DT_EPROTO: return "protocol";
-    default: return "other";
+    case DT_EREFUSED:
+        return "refused";
+    case DT_ERESET:
+        return "reset";
+    case DT_ETIMEDOUT:
+        return "timeout";
+    case DT_ECONNTIMEDOUT:
+        return "connect_timeout";
+    case DT_EEMPTY:
+        return "empty_reply";
+    case DT_EHDRTOOBIG:
+        return "header_too_large";
+    case DT_ERESOLVE:
+        return "resolve";
+    case DT_ETLS:
+        return "tls";
+    case DT_EPROTO:
+        return "protocol";
+    default:
+        return "other";
     }
 }
 
@@ -484,13 +506,15 @@ static void render_totals(text *t)
         cnt += atomic_load_explicit(&slots[s].duration_count, memory_order_relaxed);
         conns += atomic_load_explicit(&slots[s].connections, memory_order_relaxed);
     }
-    emit(t, "# HELP detour_rewrites_total Upstream redirects rewritten to keep the method.\n"
-            "# TYPE detour_rewrites_total counter\n"
-            "detour_rewrites_total{from=\"302\",to=\"307\"} %llu\n"
-            "detour_rewrites_total{from=\"301\",to=\"308\"} %llu\n",
+    emit(t,
+         "# HELP detour_rewrites_total Upstream redirects rewritten to keep the method.\n"
+         "# TYPE detour_rewrites_total counter\n"
+         "detour_rewrites_total{from=\"302\",to=\"307\"} %llu\n"
+         "detour_rewrites_total{from=\"301\",to=\"308\"} %llu\n",
          (unsigned long long)rw[0], (unsigned long long)rw[1]);
-    emit(t, "# HELP detour_active_connections Client connections open now.\n"
-            "# TYPE detour_active_connections gauge\ndetour_active_connections %lld\n",
+    emit(t,
+         "# HELP detour_active_connections Client connections open now.\n"
+         "# TYPE detour_active_connections gauge\ndetour_active_connections %lld\n",
          (long long)conns);
     emit(t, "# HELP detour_request_duration_seconds Time from request line to completion.\n"
             "# TYPE detour_request_duration_seconds histogram\n");
@@ -502,13 +526,16 @@ static void render_totals(text *t)
     }
     acc += buckets[NBUCKETS - 1];
     emit(t, "detour_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)acc);
-    emit(t, "detour_request_duration_seconds_sum %.6f\ndetour_request_duration_seconds_count %llu\n",
+    emit(t,
+         "detour_request_duration_seconds_sum %.6f\ndetour_request_duration_seconds_count %llu\n",
          (double)sum / 1e6, (unsigned long long)cnt);
-    emit(t, "# HELP detour_config_reloads_total Config reloads, by result.\n"
-            "# TYPE detour_config_reloads_total counter\n"
-            "detour_config_reloads_total{result=\"ok\"} %llu\n"
-            "detour_config_reloads_total{result=\"error\"} %llu\n",
-         (unsigned long long)atomic_load(&reloads_ok), (unsigned long long)atomic_load(&reloads_err));
+    emit(t,
+         "# HELP detour_config_reloads_total Config reloads, by result.\n"
+         "# TYPE detour_config_reloads_total counter\n"
+         "detour_config_reloads_total{result=\"ok\"} %llu\n"
+         "detour_config_reloads_total{result=\"error\"} %llu\n",
+         (unsigned long long)atomic_load(&reloads_ok),
+         (unsigned long long)atomic_load(&reloads_err));
 }
 
 int dt_metrics_render(const struct dt_config *cfg, char **out, size_t *len)

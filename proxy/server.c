@@ -85,12 +85,14 @@ static void warn_restart_needed(const dt_config *old, const dt_config *cfg)
                       !strcmp(old->listen[i].tls_cert ? old->listen[i].tls_cert : "",
                               cfg->listen[i].tls_cert ? cfg->listen[i].tls_cert : "");
     if (!same_listen)
-        dt_log_warn("%s: listen changed: the new listeners need a restart; still serving the old ones",
-                    cfg->path);
+        dt_log_warn(
+            "%s: listen changed: the new listeners need a restart; still serving the old ones",
+            cfg->path);
     if (old->workers != cfg->workers)
         dt_log_warn("%s: workers changed: needs a restart", cfg->path);
     if (old->mode != cfg->mode)
-        dt_log_warn("%s: mode changed: needs a restart to apply to accepted connections", cfg->path);
+        dt_log_warn("%s: mode changed: needs a restart to apply to accepted connections",
+                    cfg->path);
     if ((old->admin == NULL) != (cfg->admin == NULL) ||
         (old->admin && strcmp(old->admin->text, cfg->admin->text) != 0))
         dt_log_warn("%s: admin changed: needs a restart", cfg->path);
@@ -237,8 +239,9 @@ int dt_server_run(dt_config *cfg)
     }
     if (start_workers(&srv, cfg) != DT_OK)
         goto out;
-    dt_log_info("detour %s listening on %s%s (%s mode, %d workers)", DT_VERSION, cfg->listen[0].text,
-                cfg->nlisten > 1 ? " and more" : "", dt_mode_name(cfg->mode), srv.nworkers);
+    dt_log_info("detour %s listening on %s%s (%s mode, %d workers)", DT_VERSION,
+                cfg->listen[0].text, cfg->nlisten > 1 ? " and more" : "", dt_mode_name(cfg->mode),
+                srv.nworkers);
     serve_signals(&srv, &set);
     drain(&srv);
     rc = 0;

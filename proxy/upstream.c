@@ -479,8 +479,8 @@ static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, si
         .via_name = {r->cfg->via_name, strlen(r->cfg->via_name)},
         .replace_host = r->replace_host,
         .proxy_auth_consumed = r->cfg->mode == DT_MODE_FORWARD,
-        .max_forwards = dt_str_eq(method, DT_STR_LIT("TRACE")) ||
-                        dt_str_eq(method, DT_STR_LIT("OPTIONS")),
+        .max_forwards =
+            dt_str_eq(method, DT_STR_LIT("TRACE")) || dt_str_eq(method, DT_STR_LIT("OPTIONS")),
     };
 
     for (size_t i = 0; i < n; i++)
@@ -538,8 +538,8 @@ static void set_request_options(dt_req *r, CURL *e)
     curl_easy_setopt(e, CURLOPT_UPLOAD, upload ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_NOBODY, r->is_head ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
-                     (r->is_head || (!upload && dt_str_eq((dt_str){r->method, r->method_len},
-                                                          DT_STR_LIT("GET"))))
+                     (r->is_head ||
+                      (!upload && dt_str_eq((dt_str){r->method, r->method_len}, DT_STR_LIT("GET"))))
                          ? NULL
                          : r->method);
     curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,

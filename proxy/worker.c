@@ -189,8 +189,7 @@ static int open_listener(const char *path, const dt_listen *conf, char *err, siz
     if (conf->addr.ss_family == AF_INET6 &&
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
         goto fail;
-    if (bind(fd, (const struct sockaddr *)&conf->addr, conf->addrlen) != 0 ||
-        listen(fd, 4096) != 0)
+    if (bind(fd, (const struct sockaddr *)&conf->addr, conf->addrlen) != 0 || listen(fd, 4096) != 0)
         goto fail;
     return fd;
 fail:
@@ -481,7 +480,8 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     load_local_addrs(w);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (w->epfd < 0 || w->wake_fd < 0 || dt_worker_watch(w, w->wake_fd, EPOLLIN, &w->wake_ev) != 0) {
+    if (w->epfd < 0 || w->wake_fd < 0 ||
+        dt_worker_watch(w, w->wake_fd, EPOLLIN, &w->wake_ev) != 0) {
         snprintf(err, errlen, "worker %d: %s", index, strerror(errno));
         goto fail;
     }

@@ -38,7 +38,7 @@
     X(ETLS, -14, "upstream TLS failure")                                                           \
     X(EPROTO, -15, "upstream protocol error")                                                      \
     X(ECLIENT, -16, "client went away")                                                            \
-    X(ELOOP, -17, "request loop")                                                                \
+    X(ELOOP, -17, "request loop")                                                                  \
     X(EFORBIDDEN, -18, "destination not allowed")
 
 typedef enum dt_err {

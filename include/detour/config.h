@@ -46,21 +46,21 @@ typedef struct dt_listen {
 /* A named upstream origin. */
 typedef struct dt_upstream {
     char *name;
-    char *url;    /* normalised: scheme://authority, no trailing slash */
-    bool https;   /* scheme is https */
-    char *host;   /* host as written, lower case, IPv6 without brackets */
-    unsigned port; /* explicit or the scheme's default */
+    char *url;       /* normalised: scheme://authority, no trailing slash */
+    bool https;      /* scheme is https */
+    char *host;      /* host as written, lower case, IPv6 without brackets */
+    unsigned port;   /* explicit or the scheme's default */
     char *authority; /* host[:port] as a client would write it in Location */
     bool tls_verify; /* verify the upstream certificate (https only) */
     char *ca_file;   /* CA bundle for verification, NULL = system default */
     int line;
-    size_t index; /* position in dt_config.upstreams */
+    size_t index;                    /* position in dt_config.upstreams */
     struct dt_upstream_stats *stats; /* metrics cell, shared across reloads by name */
 } dt_upstream;
 
 /* One `host` pattern: "example.com" or "*.example.com" (stored lower case). */
 typedef struct dt_host_pattern {
-    char *name;    /* for a wildcard, the suffix including the dot: ".example.com" */
+    char *name; /* for a wildcard, the suffix including the dot: ".example.com" */
     size_t len;
     bool wildcard;
 } dt_host_pattern;
@@ -72,14 +72,18 @@ typedef struct dt_match {
     size_t prefix_len;
     char *path; /* NULL when not given */
     size_t path_len;
-    char *regex_src; /* NULL when not given */
-    regex_t regex;   /* compiled with REG_EXTENDED; valid only when regex_src */
+    char *regex_src;     /* NULL when not given */
+    regex_t regex;       /* compiled with REG_EXTENDED; valid only when regex_src */
     size_t regex_groups; /* re_nsub */
-    char **methods; /* upper case tokens; nmethods == 0 means any method */
+    char **methods;      /* upper case tokens; nmethods == 0 means any method */
     size_t nmethods;
 } dt_match;
 
-typedef enum dt_sticky_kind { DT_STICKY_CLIENT_IP = 0, DT_STICKY_HEADER, DT_STICKY_COOKIE } dt_sticky_kind;
+typedef enum dt_sticky_kind {
+    DT_STICKY_CLIENT_IP = 0,
+    DT_STICKY_HEADER,
+    DT_STICKY_COOKIE
+} dt_sticky_kind;
 
 typedef struct dt_ramp_step {
     int64_t at; /* unix seconds */
@@ -95,9 +99,9 @@ typedef struct dt_redirect {
     dt_sticky_kind sticky;
     char *sticky_name; /* header or cookie name for DT_STICKY_HEADER/COOKIE */
     bool has_from, has_until;
-    int64_t from, until;     /* window ends, unix seconds */
+    int64_t from, until;       /* window ends, unix seconds */
     struct dt_flag *when_file; /* NULL = always */
-    char **targets;          /* round-robin origins for $target; ntargets == 0: none */
+    char **targets;            /* round-robin origins for $target; ntargets == 0: none */
     size_t ntargets;
     atomic_uint *rr; /* round-robin cursor (runtime cell owned by the snapshot) */
     int retry_after; /* seconds, -1 = none */
@@ -120,8 +124,8 @@ typedef struct dt_route {
     size_t index; /* position in dt_config.routes (file order) */
     dt_match match;
     dt_route_kind kind;
-    dt_redirect redirect; /* valid when kind == DT_ROUTE_REDIRECT */
-    dt_relay relay;       /* valid when kind == DT_ROUTE_RELAY */
+    dt_redirect redirect;         /* valid when kind == DT_ROUTE_REDIRECT */
+    dt_relay relay;               /* valid when kind == DT_ROUTE_RELAY */
     struct dt_route_stats *stats; /* metrics cell, shared across reloads by name */
 } dt_route;
 
@@ -140,7 +144,7 @@ typedef struct dt_dest_rule {
 } dt_dest_rule;
 
 typedef struct dt_forward {
-    bool given; /* a `forward` block was present */
+    bool given;             /* a `forward` block was present */
     dt_cidr *allow_clients; /* default: 127.0.0.0/8 and ::1/128 */
     size_t nallow_clients;
     dt_dest_rule *allow_destinations; /* ndest == 0: any destination */

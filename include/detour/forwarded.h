@@ -23,13 +23,14 @@ typedef struct dt_header_field {
 } dt_header_field;
 
 typedef struct dt_fwd_ctx {
-    dt_str client_ip;     /* appended to X-Forwarded-For */
-    dt_str proto;         /* "http" or "https": X-Forwarded-Proto */
-    dt_str host;          /* the client's Host as received (X-Forwarded-Host); may be empty */
-    dt_str via_name;      /* our Via pseudonym */
-    dt_str replace_host;  /* .p != NULL: send this as Host (forward mode) */
-    bool max_forwards;    /* TRACE/OPTIONS: decrement Max-Forwards */
-    bool proxy_auth_consumed; /* forward mode: Proxy-Authorization was meant for us, not the origin */
+    dt_str client_ip;         /* appended to X-Forwarded-For */
+    dt_str proto;             /* "http" or "https": X-Forwarded-Proto */
+    dt_str host;              /* the client's Host as received (X-Forwarded-Host); may be empty */
+    dt_str via_name;          /* our Via pseudonym */
+    dt_str replace_host;      /* .p != NULL: send this as Host (forward mode) */
+    bool max_forwards;        /* TRACE/OPTIONS: decrement Max-Forwards */
+    bool proxy_auth_consumed; /* forward mode: Proxy-Authorization was meant for us, not the origin
+                               */
 } dt_fwd_ctx;
 
 typedef void (*dt_fwd_emit_fn)(void *ctx, dt_str name, dt_str value);
@@ -40,9 +41,8 @@ typedef void (*dt_fwd_emit_fn)(void *ctx, dt_str name, dt_str value);
  * the combined X-Forwarded-For into XFF (XFF_CAP bytes; when the chain does
  * not fit it is cut at a whole element and the client still appended).
  */
-void dt_fwd_request_headers(const dt_header_field *in, size_t n, const dt_fwd_ctx *c,
-                            char *scratch, char *xff, size_t xff_cap, dt_fwd_emit_fn emit,
-                            void *ctx);
+void dt_fwd_request_headers(const dt_header_field *in, size_t n, const dt_fwd_ctx *c, char *scratch,
+                            char *xff, size_t xff_cap, dt_fwd_emit_fn emit, void *ctx);
 
 /*
  * Should the upstream response header NAME reach the client? False for

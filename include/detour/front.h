@@ -43,10 +43,10 @@ void dt_front_sweep(dt_worker *w, int64_t now);
 void dt_front_quiesce(dt_worker *w);
 
 /* The upstream side has news for R: resume its connection if it waits. */
-void dt_front_upstream_head(dt_req *r);  /* final response head complete */
-void dt_front_upstream_body(dt_req *r);  /* more body in r->down */
-void dt_front_upstream_done(dt_req *r);  /* transfer finished (ok or r->transfer_err) */
-void dt_front_upload_space(dt_req *r);   /* r->up has room again */
+void dt_front_upstream_head(dt_req *r); /* final response head complete */
+void dt_front_upstream_body(dt_req *r); /* more body in r->down */
+void dt_front_upstream_done(dt_req *r); /* transfer finished (ok or r->transfer_err) */
+void dt_front_upload_space(dt_req *r);  /* r->up has room again */
 
 /* End of a loop turn: small bodies still incomplete switch to streaming. */
 void dt_front_flush_small(dt_worker *w);

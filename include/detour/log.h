@@ -34,17 +34,17 @@ void dt_log(dt_log_level level, const char *fmt, ...) __attribute__((format(prin
 /* One finished request, as the access log needs it. All strings borrowed. */
 typedef struct dt_access_entry {
     dt_str client_ip;
-    int64_t time_s;   /* wall clock at the start of the request */
+    int64_t time_s; /* wall clock at the start of the request */
     dt_str method;
-    dt_str target;    /* raw request target */
-    dt_str version;   /* "HTTP/1.1" */
+    dt_str target;  /* raw request target */
+    dt_str version; /* "HTTP/1.1" */
     int status;
     uint64_t bytes_sent; /* response body bytes */
     dt_str referer;
     dt_str user_agent;
     dt_str host;
-    dt_str route;  /* "-" when none */
-    dt_str action; /* relay, redirect, rewrite, error */
+    dt_str route;    /* "-" when none */
+    dt_str action;   /* relay, redirect, rewrite, error */
     dt_str location; /* redirect or rewritten Location; may be empty */
     dt_str upstream; /* upstream name; may be empty */
     int64_t duration_us;

@@ -142,7 +142,7 @@ typedef struct dt_req {
     bool watching;   /* client_ev registered in the worker's epoll */
 
     /* The request as received. */
-    char *target; /* raw request target, NUL-terminated (inline or heap): for logs */
+    char *target;    /* raw request target, NUL-terminated (inline or heap): for logs */
     char *up_target; /* origin-form target sent upstream: r->target, or a heap copy */
     size_t target_len;
     char target_inline[192];
@@ -150,7 +150,7 @@ typedef struct dt_req {
     size_t method_len;
     const char *version;
     bool is_head;
-    bool has_body;       /* Content-Length > 0 or chunked */
+    bool has_body; /* Content-Length > 0 or chunked */
     bool chunked;
     int64_t content_length; /* -1 when not given */
     uint64_t body_received;
@@ -169,21 +169,21 @@ typedef struct dt_req {
     char *location; /* heap copy of a redirect or rewritten Location, for the log */
 
     /* The answer. */
-    int status; /* status sent to the client */
+    int status;                /* status sent to the client */
     struct MHD_Response *resp; /* built, not yet queued */
-    bool close_after; /* ask libmicrohttpd to close after the response */
+    bool close_after;          /* ask libmicrohttpd to close after the response */
     uint64_t bytes_sent;
 
     /* Relaying. */
-    void *easy; /* CURL * while a transfer runs */
-    void *hdrs; /* struct curl_slist * */
-    char *url;  /* heap URL for forward/transparent destinations */
+    void *easy;      /* CURL * while a transfer runs */
+    void *hdrs;      /* struct curl_slist * */
+    char *url;       /* heap URL for forward/transparent destinations */
     bool check_addr; /* forward mode: the resolved address must pass allow_destinations */
     char dest[300];  /* forward/transparent: the request's own destination authority */
     bool dest_https;
     dt_str replace_host; /* forward mode: the Host to send (the target authority) */
-    dt_ring up;   /* client body -> upstream */
-    dt_ring down; /* upstream body -> client (streamed responses) */
+    dt_ring up;          /* client body -> upstream */
+    dt_ring down;        /* upstream body -> client (streamed responses) */
     bool transfer_active;
     bool transfer_done;
     int transfer_err; /* dt_err class when the transfer failed */
@@ -192,7 +192,7 @@ typedef struct dt_req {
     bool rewritten; /* 302->307 or 301->308 applied */
     bool recv_paused, send_paused;
     bool client_gone;
-    bool small;       /* collect the whole body, then answer from memory */
+    bool small; /* collect the whole body, then answer from memory */
     char *small_buf;
     size_t small_len, small_cap;
     int64_t resp_length; /* upstream Content-Length, -1 unknown */
@@ -200,19 +200,19 @@ typedef struct dt_req {
     uint32_t rh_len, rh_cap;
     dt_hdr rh[DT_RESP_HDRS_MAX];
     unsigned nrh;
-    dt_list link;      /* in one of the worker's queues (wait, unpause) */
-    dt_list susp_link; /* in worker.suspended while its connection is suspended */
+    dt_list link;       /* in one of the worker's queues (wait, unpause) */
+    dt_list susp_link;  /* in worker.suspended while its connection is suspended */
     dt_list small_link; /* in worker.small_pending while a small body is collected */
     int64_t suspended_at;
-    dt_list timer;     /* in worker.up_timers while waiting on the upstream */
-    int64_t deadline;  /* for timer */
+    dt_list timer;    /* in worker.up_timers while waiting on the upstream */
+    int64_t deadline; /* for timer */
 } dt_req;
 
 typedef struct dt_curl_sock {
     dt_ev ev;
     int fd;
-    int events; /* EPOLLIN/EPOLLOUT currently registered in epoll */
-    bool idle;  /* curl stopped watching it; still registered until it wakes us */
+    int events;                /* EPOLLIN/EPOLLOUT currently registered in epoll */
+    bool idle;                 /* curl stopped watching it; still registered until it wakes us */
     struct dt_curl_sock *next; /* hash chain in dt_worker.curl_socks */
 } dt_curl_sock;
 
@@ -243,7 +243,7 @@ typedef struct dt_worker {
     bool started;
     int epfd;
     dt_ev wake_ev;
-    int wake_fd; /* eventfd */
+    int wake_fd;             /* eventfd */
     _Atomic unsigned posted; /* DT_POST_* bits set by other threads */
     dt_config *cfg;          /* the snapshot new requests use (one reference) */
     dt_config *boot_cfg;     /* the snapshot listeners and daemons were made from */
@@ -255,20 +255,20 @@ typedef struct dt_worker {
     size_t ndaemons;
     bool mhd_pending; /* run libmicrohttpd again before blocking (resumes) */
 
-    void *multi; /* CURLM * */
+    void *multi;                                    /* CURLM * */
     dt_curl_sock *curl_socks[DT_CURL_SOCK_BUCKETS]; /* every curl socket we know, by fd */
     dt_curl_sock *dead_socks; /* closed this iteration; freed once no event can name them */
-    int64_t curl_deadline; /* monotonic ms, -1 none */
-    void **easy_pool;      /* idle CURL * handles */
+    int64_t curl_deadline;    /* monotonic ms, -1 none */
+    void **easy_pool;         /* idle CURL * handles */
     size_t neasy_pool, easy_pool_cap;
     unsigned active_transfers;
-    dt_list waitq;    /* requests waiting for a transfer slot */
-    dt_list unpauseq; /* requests whose curl transfer must be unpaused */
-    dt_list up_timers; /* requests waiting on the upstream, by deadline */
-    dt_list head_wait; /* connections awaiting a request head */
-    dt_list suspended; /* suspended requests, oldest first (hang-up watch) */
+    dt_list waitq;         /* requests waiting for a transfer slot */
+    dt_list unpauseq;      /* requests whose curl transfer must be unpaused */
+    dt_list up_timers;     /* requests waiting on the upstream, by deadline */
+    dt_list head_wait;     /* connections awaiting a request head */
+    dt_list suspended;     /* suspended requests, oldest first (hang-up watch) */
     dt_list small_pending; /* small bodies started this loop turn */
-    int64_t mhd_due;   /* monotonic ms when libmicrohttpd's own timeout falls due */
+    int64_t mhd_due;       /* monotonic ms when libmicrohttpd's own timeout falls due */
     int64_t next_sweep;
     int64_t last_sweep;
 
@@ -283,9 +283,9 @@ typedef struct dt_worker {
     pthread_mutex_t resolve_lock; /* guards resolved: filled by resolver threads */
     dt_list resolved;             /* finished lookups waiting for their callback */
     int resolving;                /* lookups started and not yet delivered */
-    dt_list tunnels;  /* open CONNECT tunnels */
-    dt_list dead_tunnels; /* closed this iteration; freed at its end */
-    dt_list peeks;    /* new forward-mode connections, waiting for their first bytes */
+    dt_list tunnels;              /* open CONNECT tunnels */
+    dt_list dead_tunnels;         /* closed this iteration; freed at its end */
+    dt_list peeks;                /* new forward-mode connections, waiting for their first bytes */
     struct sockaddr_storage *local_addrs; /* this host's addresses (loop checks) */
     size_t nlocal;
 
@@ -309,7 +309,7 @@ void dt_worker_post(dt_worker *w, unsigned bit);
 int dt_worker_watch(dt_worker *w, int fd, uint32_t events, dt_ev *ev);   /* EPOLL_CTL_ADD */
 int dt_worker_rewatch(dt_worker *w, int fd, uint32_t events, dt_ev *ev); /* EPOLL_CTL_MOD */
 void dt_worker_unwatch(dt_worker *w, int fd);                            /* EPOLL_CTL_DEL */
-void dt_worker_conn_closed(dt_worker *w);     /* a client connection ended */
+void dt_worker_conn_closed(dt_worker *w); /* a client connection ended */
 void dt_worker_log_access(dt_worker *w, const char *line, size_t len);
 
 /* Server-wide connection accounting (limits.max_connections), any worker. */

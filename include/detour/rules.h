@@ -33,11 +33,11 @@
  * not be NUL-terminated.
  */
 typedef struct dt_request_info {
-    dt_str method; /* "GET" */
-    dt_str scheme; /* "http" or "https": the scheme the client used */
-    dt_str host;   /* Host (or the absolute-form authority) without port; may be empty */
-    dt_str path;   /* raw path, before '?'; "*" for asterisk-form */
-    dt_str query;  /* raw query after '?', without it; .n == 0 when none */
+    dt_str method;    /* "GET" */
+    dt_str scheme;    /* "http" or "https": the scheme the client used */
+    dt_str host;      /* Host (or the absolute-form authority) without port; may be empty */
+    dt_str path;      /* raw path, before '?'; "*" for asterisk-form */
+    dt_str query;     /* raw query after '?', without it; .n == 0 when none */
     dt_str client_ip; /* textual client address, for sticky = client_ip */
     /*
      * First value of the request header NAME (case-insensitive), or NULL when
@@ -69,7 +69,7 @@ typedef struct dt_verdict {
     int retry_after;             /* REDIRECT: seconds, -1 = none */
     char *location;              /* REDIRECT: caller's buffer, NUL-terminated */
     size_t location_len;
-    size_t location_cap; /* set by the caller before the call */
+    size_t location_cap;                     /* set by the caller before the call */
     const dt_route *dry_run[DT_DRY_RUN_MAX]; /* dry-run routes that would have redirected */
     size_t ndry_run;
 } dt_verdict;
