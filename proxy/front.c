@@ -265,6 +265,7 @@ static void log_request(dt_req *r, bool completed_ok)
                      r->location != NULL ? strlen(r->location) : 0},
         .upstream = r->upstream != NULL ? (dt_str){r->upstream->name, strlen(r->upstream->name)}
                                         : (dt_str){"", 0},
+        .dry_run = {r->dry_run, strlen(r->dry_run)},
         .duration_us = dur,
     };
 
@@ -329,6 +330,8 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *c)
     if (k->head_since == 0)
         k->head_since = dt_now_ms();
     r = req_new(w, k, c, uri);
+    if (r != NULL)
+        r->uri_raw = uri;
     k->req = r;
     return r;
 }

@@ -10,6 +10,7 @@
 #include "detour/front_int.h"
 #include "detour/rules.h"
 #include "detour/target.h"
+#include "detour/template.h"
 #include "detour/upstream.h"
 
 /* The most request headers relayed; a larger head is refused with 431. */
@@ -199,11 +200,20 @@ static enum MHD_Result decide(dt_req *r, const head_scan *s, const dt_target *t,
     if (dt_rules_decide(r->cfg, &ri, &v) != DT_OK)
         return dt_front_answer_error(r, 500, "the redirect Location would be too long",
                                      expect_continue);
-    for (size_t i = 0; i < v.ndry_run; i++)
+    for (size_t i = 0, n = 0; i < v.ndry_run; i++) {
         dt_metrics_dry_run(r->w->metrics, v.dry_run[i]->stats, r->start_wall);
+        int k = snprintf(r->dry_run + n, sizeof r->dry_run - n, "%s%s", i ? "," : "",
+                         v.dry_run[i]->name);
+        n = k < 0 || (size_t)k >= sizeof r->dry_run - n ? n : n + (size_t)k;
+    }
     r->route = v.route;
     switch (v.kind) {
     case DT_VERDICT_REDIRECT:
+        /* HTTP/1.0 without Host: "https://$host/..." would have no authority at all. */
+        if (r->host[0] == '\0' &&
+            (dt_template_uses(v.route->redirect.to) & (1u << DT_TVAR_HOST)) != 0)
+            return dt_front_answer_error(r, 400, "this redirect needs a Host header",
+                                         expect_continue);
         return dt_front_answer_redirect(r, &v, expect_continue);
     case DT_VERDICT_RELAY:
         r->upstream = v.upstream;
@@ -216,6 +226,28 @@ static enum MHD_Result decide(dt_req *r, const head_scan *s, const dt_target *t,
     if (r->cfg->mode == DT_MODE_REVERSE)
         return dt_front_answer_error(r, 404, "no route for this request", expect_continue);
     return relay_own_destination(r, s, expect_continue);
+}
+
+/* RFC 9112 3.2: HTTP/1.1 needs a Host; a Host given must be a valid authority (nginx: not empty). */
+static bool host_header_ok(dt_str host_header, const char *version)
+{
+    dt_str host;
+    unsigned port;
+
+    if (host_header.p == NULL)
+        return strcmp(version, "HTTP/1.1") != 0;
+    return dt_authority_split(host_header, &host, &port) == DT_OK;
+}
+
+/*
+ * libmicrohttpd hands the URI over as a C string in its read buffer, followed
+ * by one NUL (where the space was) and the version: a NUL inside the target
+ * shows as a gap between the two.
+ */
+static bool target_has_nul(const dt_req *r, const char *version)
+{
+    uintptr_t end = (uintptr_t)r->uri_raw + r->target_len + 1, v = (uintptr_t)version;
+    return r->uri_raw != NULL && v > end && v - end <= (uintptr_t)r->cfg->limits.max_header_bytes;
 }
 
 enum MHD_Result dt_front_on_head(dt_req *r, const char *method, const char *version)
@@ -263,9 +295,13 @@ enum MHD_Result dt_front_on_head(dt_req *r, const char *method, const char *vers
                                         "obsolete line folding or a NUL byte in a request header");
     else if (dt_hygiene_finish(&s->hyg) != 0)
         ret = dt_front_answer_and_close(r, s->hyg.status, s->hyg.reason);
+    else if (target_has_nul(r, version))
+        ret = dt_front_answer_and_close(r, 400, "a NUL byte in the request target");
     else if (dt_target_parse((dt_str){r->target, r->target_len}, strcmp(method, "CONNECT") == 0,
                              &t) != DT_OK)
         ret = dt_front_answer_and_close(r, 400, "malformed request target");
+    else if (t.form == DT_TARGET_ORIGIN && !host_header_ok(s->host_header, version))
+        ret = dt_front_answer_and_close(r, 400, "missing or invalid Host header");
     if (r->state == DT_REQ_QUEUED || ret == MHD_NO)
         goto out;
 

@@ -257,6 +257,10 @@ static void format_combined(const dt_access_entry *e, out_buf *o)
     put_field(o, e->route);
     puts_c(o, " action=");
     put_field(o, e->action);
+    if (e->dry_run.n > 0) {
+        puts_c(o, " dry_run=");
+        put_field(o, e->dry_run);
+    }
     putf(o, " rt=%.6f", (double)e->duration_us / 1e6);
     if (e->upstream.n > 0) {
         puts_c(o, " upstream=");
@@ -300,6 +304,7 @@ static void format_json(const dt_access_entry *e, out_buf *o)
     json_str(o, "action", e->action, false);
     json_str(o, "upstream", e->upstream, false);
     json_str(o, "location", e->location, false);
+    json_str(o, "dry_run", e->dry_run, false);
     putf(o, ",\"duration\":%.6f", (double)e->duration_us / 1e6);
     puts_c(o, "}\n");
 }

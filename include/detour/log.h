@@ -47,6 +47,7 @@ typedef struct dt_access_entry {
     dt_str action;   /* relay, redirect, rewrite, error */
     dt_str location; /* redirect or rewritten Location; may be empty */
     dt_str upstream; /* upstream name; may be empty */
+    dt_str dry_run;  /* dry-run routes that would have redirected, "a,b"; may be empty */
     int64_t duration_us;
 } dt_access_entry;
 

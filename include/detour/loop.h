@@ -146,6 +146,7 @@ typedef struct dt_req {
     char *up_target; /* origin-form target sent upstream: r->target, or a heap copy */
     size_t target_len;
     char target_inline[192];
+    const char *uri_raw; /* libmicrohttpd's URI (uri_cb), valid until the head is handled */
     const char *method; /* libmicrohttpd's copy, valid for the request's life */
     size_t method_len;
     const char *version;
@@ -167,6 +168,7 @@ typedef struct dt_req {
     dt_action action;
     const dt_upstream *upstream;
     char *location; /* heap copy of a redirect or rewritten Location, for the log */
+    char dry_run[256]; /* dry-run routes that fired, "a,b", for the log */
 
     /* The answer. */
     int status;                /* status sent to the client */
