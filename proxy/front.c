@@ -90,7 +90,11 @@ void dt_front_req_unref(dt_req *r)
     dt_ring_free(&r->up);
     dt_ring_free(&r->down);
     free(r->small_buf);
-    dt_cache_put(&r->w->rh_cache, r->rh_buf);
+    free(r->up_buf);
+    if (r->rh_cap == DT_RH_BLOCK)
+        dt_cache_put(&r->w->rh_cache, r->rh_buf);
+    else
+        free(r->rh_buf);
     free(r->location);
     free(r->url);
     if (r->up_target != r->target)
@@ -175,6 +179,15 @@ static enum MHD_Result on_relay_body(dt_req *r, const char *data, size_t *size)
             r, 413, dt_front_page(r, 413, "the request body is larger than this proxy accepts"));
         return discard_body(r, size);
     }
+    if (r->up_buffered) {
+        /* libmicrohttpd never passes more than the Content-Length it parsed. */
+        size_t room = (size_t)r->content_length - r->body_received;
+        n = *size < room ? *size : room;
+        memcpy(r->up_buf + r->body_received, data, n);
+        r->body_received += n;
+        *size = 0;
+        return MHD_YES;
+    }
     n = dt_ring_write(&r->up, data, *size);
     r->body_received += n;
     *size -= n;
@@ -191,6 +204,10 @@ static enum MHD_Result on_final(dt_req *r)
         return MHD_NO;
     if (r->state == DT_REQ_RELAY && !r->upload_done) {
         r->upload_done = true;
+        if (r->up_buffered && dt_upstream_begin(r) != DT_OK) {
+            r->transfer_err = DT_ENOMEM;
+            dt_front_set_answer(r, 500, dt_front_page(r, 500, "out of memory"));
+        }
         dt_upstream_wake(r);
     }
     if (r->resp != NULL)
@@ -443,11 +460,18 @@ static char *read_file(const char *path, char *err, size_t errlen)
     return buf;
 }
 
-static unsigned pool_size(const dt_config *cfg)
+/*
+ * libmicrohttpd's per-connection pool holds the request head while it is read
+ * and the response head while it is written (it shrinks the read buffer to
+ * what was used before building the reply), and it is memset on every
+ * keep-alive request, so its size is both memory and time per request. It
+ * fits a request head of limits.max_header_bytes with room for a response
+ * head; respond.c answers 502 when the two together would not fit.
+ */
+unsigned dt_front_pool_size(const dt_config *cfg)
 {
-    /* The pool holds the request head and the response head: room for both. */
-    unsigned need = (unsigned)cfg->limits.max_header_bytes + DT_UPSTREAM_HEAD_MAX + 4096;
-    return need < 32 * 1024 ? 32 * 1024 : need;
+    unsigned need = (unsigned)cfg->limits.max_header_bytes + DT_POOL_SLACK;
+    return need < DT_POOL_MIN ? DT_POOL_MIN : need;
 }
 
 static struct MHD_Daemon *start_daemon(const dt_config *cfg, dt_worker *w, const dt_listen *tls,
@@ -471,7 +495,7 @@ static struct MHD_Daemon *start_daemon(const dt_config *cfg, dt_worker *w, const
                          NULL, MHD_OPTION_URI_LOG_CALLBACK, uri_cb, w, MHD_OPTION_NOTIFY_COMPLETED,
                          completed_cb, w, MHD_OPTION_NOTIFY_CONNECTION, conn_cb, w,
                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->limits.max_connections + 16,
-                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)pool_size(cfg),
+                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)dt_front_pool_size(cfg),
                          MHD_OPTION_CONNECTION_TIMEOUT, idle_s,
                          tls != NULL ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, cert,
                          MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_END);

@@ -205,6 +205,22 @@ static void answer_upstream_error(dt_req *r)
     dt_front_set_answer(r, status, dt_front_page(r, status, dt_strerror(r->transfer_err)));
 }
 
+/*
+ * Will the response head fit in libmicrohttpd's pool next to the request
+ * head? If not, libmicrohttpd would drop the connection without a word:
+ * answer 502 instead. The margin covers the status line, the headers
+ * libmicrohttpd adds and its per-header bookkeeping.
+ */
+static bool head_fits(dt_req *r)
+{
+    const union MHD_ConnectionInfo *hs =
+        MHD_get_connection_info(r->mhd, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    size_t req = hs != NULL ? hs->header_size : 0;
+    size_t resp = r->rh_len + 2u * r->nrh + 1536u;
+
+    return req + resp <= dt_front_pool_size(r->cfg);
+}
+
 void dt_front_upstream_head(dt_req *r)
 {
     struct MHD_Response *resp;
@@ -216,6 +232,13 @@ void dt_front_upstream_head(dt_req *r)
 
     if (r->resp != NULL || r->state != DT_REQ_RELAY)
         return; /* an answer is already decided (413 mid-body) */
+    /* Failures below only set transfer_err: this runs inside curl's header
+     * callback, which then fails the transfer (a transfer cannot be removed
+     * from inside its own callback), and dt_front_upstream_done answers. */
+    if (!head_fits(r)) {
+        r->transfer_err = DT_EHDRTOOBIG;
+        return;
+    }
     if (status != r->up_status) {
         r->rewritten = true;
         r->action = DT_ACTION_REWRITE;
@@ -233,7 +256,6 @@ void dt_front_upstream_head(dt_req *r)
         r->small_buf = r->small_cap > 0 ? malloc(r->small_cap) : NULL;
         if (r->small_cap > 0 && r->small_buf == NULL) {
             r->transfer_err = DT_ENOMEM;
-            dt_upstream_abort(r);
             return;
         }
         /* If the body is not all here by the end of this loop turn, stream it
@@ -252,7 +274,6 @@ void dt_front_upstream_head(dt_req *r)
                                             : (body || r->is_head ? MHD_SIZE_UNKNOWN : 0);
         if (body && dt_ring_init(&r->down, DT_RING_SIZE) != DT_OK) {
             r->transfer_err = DT_ENOMEM;
-            dt_upstream_abort(r);
             return;
         }
         resp = MHD_create_response_from_callback(size, DT_STREAM_BLOCK, body_reader, r,
@@ -264,11 +285,9 @@ void dt_front_upstream_head(dt_req *r)
         if (resp != NULL)
             MHD_destroy_response(resp);
         r->transfer_err = resp == NULL ? DT_ENOMEM : DT_EPROTO;
-        dt_upstream_abort(r);
-        answer_upstream_error(r);
-    } else {
-        dt_front_set_answer(r, status, resp);
+        return;
     }
+    dt_front_set_answer(r, status, resp);
     if (r->wait == DT_WAIT_RESPONSE)
         dt_front_resume(r);
 }

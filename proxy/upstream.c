@@ -230,16 +230,37 @@ static int parse_status(const char *p, size_t n)
     return code;
 }
 
-static bool rh_append(dt_req *r, const char *p, size_t n, uint32_t *off)
+/*
+ * Room for NEED more bytes of upstream head. Heads come in a small cached
+ * block; a larger one (rare) moves to the heap, never beyond
+ * DT_UPSTREAM_HEAD_MAX (a 502 then).
+ */
+static bool rh_reserve(dt_req *r, size_t need)
 {
-    if (r->rh_len + n + 1 > DT_UPSTREAM_HEAD_MAX)
+    if (r->rh_len + need > DT_UPSTREAM_HEAD_MAX)
         return false;
     if (r->rh_buf == NULL) {
         r->rh_buf = dt_cache_get(&r->w->rh_cache);
         if (r->rh_buf == NULL)
             return false;
+        r->rh_cap = DT_RH_BLOCK;
+    }
+    if (r->rh_len + need > r->rh_cap) {
+        char *big = malloc(DT_UPSTREAM_HEAD_MAX);
+        if (big == NULL)
+            return false;
+        memcpy(big, r->rh_buf, r->rh_len);
+        dt_cache_put(&r->w->rh_cache, r->rh_buf);
+        r->rh_buf = big;
         r->rh_cap = DT_UPSTREAM_HEAD_MAX;
     }
+    return true;
+}
+
+static bool rh_append(dt_req *r, const char *p, size_t n, uint32_t *off)
+{
+    if (!rh_reserve(r, n + 1))
+        return false;
     *off = r->rh_len;
     memcpy(r->rh_buf + r->rh_len, p, n);
     r->rh_buf[r->rh_len + n] = '\0';
@@ -264,7 +285,7 @@ static bool fold_continuation(dt_req *r, const char *p, size_t n)
     if (r->nrh == 0)
         return false;
     dt_hdr *h = &r->rh[r->nrh - 1];
-    if (h->value + h->value_len + 1 != r->rh_len || r->rh_len + n + 1 > r->rh_cap)
+    if (h->value + h->value_len + 1 != r->rh_len || !rh_reserve(r, n + 1))
         return false;
     r->rh_buf[r->rh_len - 1] = ' ';
     memcpy(r->rh_buf + r->rh_len, p, n);
@@ -319,6 +340,8 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata)
         if (r->up_status >= 200) {
             r->head_done = true;
             dt_front_upstream_head(r);
+            if (r->transfer_err != DT_OK)
+                return 0; /* fails the transfer; dt_front_upstream_done answers */
         }
         return n; /* a 1xx block ends: its headers are dropped, the next status follows */
     }
@@ -422,55 +445,55 @@ static void easy_put(dt_worker *w, CURL *e)
     w->easy_pool[w->neasy_pool++] = e;
 }
 
+/*
+ * The upstream header list. curl_slist_append() costs two allocations a
+ * header; instead the list is laid out in one block (the nodes, then the
+ * "Name: value" strings) built in two passes over the same headers: one to
+ * measure, one to write. curl only reads the list (struct curl_slist is
+ * public) while the transfer runs; the block is freed with free().
+ */
 typedef struct slist_builder {
-    struct curl_slist *list;
-    bool failed;
-    bool has_accept;
-    char line[8192 + 256];
+    struct curl_slist *nodes; /* NULL while measuring */
+    char *text;
+    size_t n;     /* nodes used */
+    size_t chars; /* text bytes used */
+    bool has_accept, has_content_type;
 } slist_builder;
 
-static void slist_raw(slist_builder *b, const char *line)
+static void slist_raw(slist_builder *b, const char *a, size_t alen, const char *sep, dt_str v)
 {
-    struct curl_slist *l;
+    size_t slen = strlen(sep), need = alen + slen + v.n + 1;
 
-    if (b->failed)
-        return;
-    l = curl_slist_append(b->list, line);
-    if (l == NULL)
-        b->failed = true;
-    else
-        b->list = l;
+    if (b->nodes != NULL) {
+        char *t = b->text + b->chars;
+        memcpy(t, a, alen);
+        memcpy(t + alen, sep, slen);
+        memcpy(t + alen + slen, v.p, v.n);
+        t[need - 1] = '\0';
+        b->nodes[b->n].data = t;
+        b->nodes[b->n].next = NULL;
+        if (b->n > 0)
+            b->nodes[b->n - 1].next = &b->nodes[b->n];
+    }
+    b->n++;
+    b->chars += need;
 }
 
 static void slist_emit(void *ctx, dt_str name, dt_str value)
 {
     slist_builder *b = ctx;
-    char *line = b->line;
-    char *heap = NULL;
-    size_t need = name.n + value.n + 3;
 
-    if (need > sizeof b->line) {
-        heap = malloc(need);
-        if (heap == NULL) {
-            b->failed = true;
-            return;
-        }
-        line = heap;
-    }
-    /* "Name;" makes curl send a header with an empty value ("Name:" would remove it). */
-    if (value.n == 0)
-        snprintf(line, need, "%.*s;", (int)name.n, name.p);
-    else
-        snprintf(line, need, "%.*s: %.*s", (int)name.n, name.p, (int)value.n, value.p);
     if (dt_str_ieq_cstr(name.p, name.n, "Accept"))
         b->has_accept = true;
-    slist_raw(b, line);
-    free(heap);
+    else if (dt_str_ieq_cstr(name.p, name.n, "Content-Type"))
+        b->has_content_type = true;
+    /* "Name;" makes curl send a header with an empty value ("Name:" would remove it). */
+    slist_raw(b, name.p, name.n, value.n == 0 ? ";" : ": ", value);
 }
 
-static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, size_t n)
+/* One pass over the headers, measuring (b->nodes == NULL) or writing. */
+static void slist_fill(dt_req *r, const dt_req_header *hdrs, size_t n, slist_builder *b)
 {
-    slist_builder b = {0};
     char scratch[32], xff[2048];
     dt_str method = {r->method, r->method_len};
     dt_fwd_ctx c = {
@@ -492,16 +515,28 @@ static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, si
         c.host = r->replace_host; /* X-Forwarded-Host: the host the client asked for */
     _Static_assert(sizeof(dt_req_header) == sizeof(dt_header_field), "same layout");
     dt_fwd_request_headers((const dt_header_field *)hdrs, n, &c, scratch, xff, sizeof xff,
-                           slist_emit, &b);
+                           slist_emit, b);
     /* Suppress what curl would add on its own: "Name:" removes a header. */
-    if (!b.has_accept)
-        slist_raw(&b, "Accept:");
-    slist_raw(&b, "Expect:");
-    if (b.failed) {
-        curl_slist_free_all(b.list);
+    if (!b->has_accept)
+        slist_raw(b, "Accept:", 7, "", DT_STR_LIT(""));
+    if (r->up_buffered && !b->has_content_type)
+        slist_raw(b, "Content-Type:", 13, "", DT_STR_LIT("")); /* POSTFIELDS would add one */
+    slist_raw(b, "Expect:", 7, "", DT_STR_LIT(""));
+}
+
+static struct curl_slist *build_headers(dt_req *r, const dt_req_header *hdrs, size_t n)
+{
+    slist_builder measure = {0}, b = {0};
+    char *block;
+
+    slist_fill(r, hdrs, n, &measure);
+    block = malloc(measure.n * sizeof(struct curl_slist) + measure.chars);
+    if (block == NULL)
         return NULL;
-    }
-    return b.list;
+    b.nodes = (struct curl_slist *)block;
+    b.text = block + measure.n * sizeof(struct curl_slist);
+    slist_fill(r, hdrs, n, &b);
+    return b.nodes;
 }
 
 /*
@@ -530,18 +565,30 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
 static void set_request_options(dt_req *r, CURL *e)
 {
     const dt_upstream *up = r->upstream;
-    bool upload = r->content_length >= 0 || r->chunked;
+    bool upload = !r->up_buffered && (r->content_length >= 0 || r->chunked);
+    bool plain_get = !upload && !r->up_buffered &&
+                     dt_str_eq((dt_str){r->method, r->method_len}, DT_STR_LIT("GET"));
 
     curl_easy_setopt(e, CURLOPT_URL, r->url != NULL ? r->url : up->url);
     curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, r->up_target);
-    /* The order matters: UPLOAD resets the method to PUT/GET, NOBODY then makes HEAD. */
-    curl_easy_setopt(e, CURLOPT_UPLOAD, upload ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_NOBODY, r->is_head ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST,
-                     (r->is_head ||
-                      (!upload && dt_str_eq((dt_str){r->method, r->method_len}, DT_STR_LIT("GET"))))
-                         ? NULL
-                         : r->method);
+    /*
+     * The order matters: POSTFIELDS sets the method to POST, UPLOAD to PUT or
+     * GET, NOBODY to HEAD; CUSTOMREQUEST then only changes the word sent. A
+     * small body already read whole goes out with the head in one write
+     * (POSTFIELDS); any other body streams through the read callback.
+     */
+    if (r->up_buffered) {
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 0L);
+        curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->up_buf != NULL ? r->up_buf : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_received);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+        curl_easy_setopt(e, CURLOPT_UPLOAD, upload ? 1L : 0L);
+        curl_easy_setopt(e, CURLOPT_NOBODY, r->is_head ? 1L : 0L);
+    }
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (r->is_head || plain_get) ? NULL : r->method);
     curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
                      (curl_off_t)(r->chunked ? -1 : (upload ? r->content_length : 0)));
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)r->hdrs);
@@ -563,43 +610,59 @@ static void set_request_options(dt_req *r, CURL *e)
     }
 }
 
-static void transfer_begin(dt_req *r)
+/* Take an easy handle and add the transfer to the multi. DT_OK or DT_ENOMEM. */
+static int transfer_begin(dt_req *r)
 {
     dt_worker *w = r->w;
+    CURL *e = easy_get(w);
 
-    if (curl_multi_add_handle(w->multi, r->easy) != CURLM_OK) {
-        r->transfer_done = true;
-        r->transfer_err = DT_ENOMEM;
-        dt_front_upstream_done(r);
-        return;
+    if (e == NULL)
+        return DT_ENOMEM;
+    r->easy = e;
+    set_request_options(r, e);
+    if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
+        easy_put(w, e);
+        r->easy = NULL;
+        return DT_ENOMEM;
     }
     w->active_transfers++;
     r->transfer_active = true;
     timer_arm(r);
+    return DT_OK;
 }
 
 int dt_upstream_start(dt_req *r, const dt_req_header *hdrs, size_t nhdrs)
 {
-    dt_worker *w = r->w;
-    CURL *e;
-
-    if ((r->content_length > 0 || r->chunked) && dt_ring_init(&r->up, DT_RING_SIZE) != DT_OK)
+    /* A small body of known size is read whole first (as nginx buffers
+     * request bodies), then sent with the head; the upstream connection is
+     * not held while a slow client uploads. */
+    r->up_buffered = !r->chunked && r->content_length >= 0 && r->content_length <= DT_SMALL_BODY;
+    if (r->up_buffered && r->content_length > 0 &&
+        (r->up_buf = malloc((size_t)r->content_length)) == NULL)
+        return DT_ENOMEM;
+    if (!r->up_buffered && (r->content_length > 0 || r->chunked) &&
+        dt_ring_init(&r->up, DT_RING_SIZE) != DT_OK)
         return DT_ENOMEM;
     r->hdrs = build_headers(r, hdrs, nhdrs);
     if (r->hdrs == NULL)
         return DT_ENOMEM;
-    e = easy_get(w);
-    if (e == NULL)
-        return DT_ENOMEM;
-    r->easy = e;
+    return r->up_buffered ? DT_OK : dt_upstream_begin(r);
+}
+
+int dt_upstream_begin(dt_req *r)
+{
+    dt_worker *w = r->w;
+
+    if (r->begun)
+        return DT_OK;
+    r->begun = true;
     r->resp_length = -1;
-    set_request_options(r, e);
     if (w->active_transfers >= DT_MAX_ACTIVE_TRANSFERS) {
+        /* Queued requests hold no easy handle (and none of its buffers). */
         dt_list_append(&w->waitq, &r->link);
         return DT_OK;
     }
-    transfer_begin(r);
-    return DT_OK;
+    return transfer_begin(r);
 }
 
 /* ------------------------------------------------------------ ending a transfer */
@@ -611,21 +674,28 @@ static void transfer_release(dt_req *r)
     dt_list_remove(&r->timer);
     dt_list_remove(&r->link);
     if (r->easy != NULL) {
+        bool reusable = true;
         if (r->transfer_active) {
-            curl_multi_remove_handle(w->multi, r->easy);
+            /* Never from inside one of the transfer's own callbacks: curl refuses. */
+            reusable = curl_multi_remove_handle(w->multi, r->easy) == CURLM_OK;
             w->active_transfers--;
         }
-        easy_put(w, r->easy);
+        if (reusable)
+            easy_put(w, r->easy);
+        else
+            dt_log_error("curl refused to release a transfer; its handle is dropped");
         r->easy = NULL;
     }
     r->transfer_active = false;
-    curl_slist_free_all(r->hdrs);
+    free(r->hdrs);
     r->hdrs = NULL;
 }
 
 void dt_upstream_abort(dt_req *r)
 {
-    if (r->easy == NULL)
+    /* Nothing to stop: never started, already finished (no handle), or not
+     * queued. A queued request has no handle but sits in the wait queue. */
+    if (r->easy == NULL && !dt_list_linked(&r->link))
         return;
     transfer_release(r);
     if (!r->transfer_done) {
@@ -694,7 +764,11 @@ static void start_waiting(dt_worker *w)
     while (w->active_transfers < DT_MAX_ACTIVE_TRANSFERS && !dt_list_empty(&w->waitq)) {
         dt_req *r = dt_container_of(w->waitq.next, dt_req, link);
         dt_list_remove(&r->link);
-        transfer_begin(r);
+        if (transfer_begin(r) != DT_OK) {
+            r->transfer_done = true;
+            r->transfer_err = DT_ENOMEM;
+            dt_front_upstream_done(r);
+        }
     }
 }
 

@@ -468,7 +468,7 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->wake_fd = -1;
     w->wake_ev.kind = DT_EV_WAKE;
     w->req_cache.size = sizeof(dt_req);
-    w->rh_cache.size = DT_UPSTREAM_HEAD_MAX;
+    w->rh_cache.size = DT_RH_BLOCK;
     dt_list_init(&w->head_wait);
     dt_list_init(&w->suspended);
     dt_list_init(&w->small_pending);

@@ -43,6 +43,11 @@ enum MHD_Result dt_front_answer_error(dt_req *r, int status, const char *detail,
                                       bool expect_continue);
 enum MHD_Result dt_front_answer_redirect(dt_req *r, const dt_verdict *v, bool expect_continue);
 
+/* libmicrohttpd's per-connection memory pool for CFG, and its bounds. */
+#define DT_POOL_MIN (20 * 1024)
+#define DT_POOL_SLACK (4 * 1024)
+unsigned dt_front_pool_size(const dt_config *cfg);
+
 /* The first access-handler call: the head is complete. */
 enum MHD_Result dt_front_on_head(dt_req *r, const char *method, const char *version);
 

@@ -61,6 +61,9 @@ typedef struct dt_ev {
 #define DT_DISCARD_MAX (4 * 1024 * 1024)
 /* The largest upstream response head accepted (502 beyond). */
 #define DT_UPSTREAM_HEAD_MAX (12 * 1024)
+/* Upstream heads start in a block of this size (cached per worker), and
+ * move to the heap in the rare case they outgrow it. */
+#define DT_RH_BLOCK 4096
 /* Concurrent curl transfers per worker; more wait in a queue (curl scans its
  * connection cache linearly for each new transfer). */
 #define DT_MAX_ACTIVE_TRANSFERS 128
@@ -184,8 +187,11 @@ typedef struct dt_req {
     char dest[300];  /* forward/transparent: the request's own destination authority */
     bool dest_https;
     dt_str replace_host; /* forward mode: the Host to send (the target authority) */
-    dt_ring up;          /* client body -> upstream */
+    bool up_buffered;    /* a small body is read whole, then sent with the head */
+    char *up_buf;        /* that body (content_length bytes) */
+    dt_ring up;          /* client body -> upstream (streamed bodies) */
     dt_ring down;        /* upstream body -> client (streamed responses) */
+    bool begun; /* the transfer was started or queued */
     bool transfer_active;
     bool transfer_done;
     int transfer_err; /* dt_err class when the transfer failed */
@@ -292,7 +298,7 @@ typedef struct dt_worker {
     size_t nlocal;
 
     dt_cache req_cache; /* dt_req objects */
-    dt_cache rh_cache;  /* DT_UPSTREAM_HEAD_MAX buffers */
+    dt_cache rh_cache;  /* DT_RH_BLOCK buffers for upstream heads */
     void *scan;         /* front.c's header scan scratch, one per worker */
 
     char *logbuf; /* access log lines waiting for one write */

@@ -30,6 +30,13 @@ typedef struct dt_req_header {
 } dt_req_header;
 int dt_upstream_start(dt_req *r, const dt_req_header *hdrs, size_t nhdrs);
 
+/*
+ * Start the transfer of a request whose small body was buffered (r->up_buffered)
+ * once the body is complete; a no-op when the transfer already started.
+ * DT_OK or DT_ENOMEM.
+ */
+int dt_upstream_begin(dt_req *r);
+
 /* Stop R's transfer now (client gone, request finished). Safe at any state. */
 void dt_upstream_abort(dt_req *r);
 

@@ -540,6 +540,34 @@ static void test_bad_upstream_502(void **state)
     th_resp_free(&rs);
 }
 
+/*
+ * A large request head and a large response head that do not fit together in
+ * libmicrohttpd's per-connection memory get a 502 (not a silent close), and
+ * the worker's next transfers are unaffected (the failed transfer's curl
+ * handle is released properly).
+ */
+static void test_heads_too_large_together_502(void **state)
+{
+    static char big[14001];
+    const char *hdrs[] = {big, NULL};
+    th_env *e = env_of(state);
+    start_std(e, NULL, NULL);
+    memcpy(big, "X-Big: ", 7);
+    memset(big + 7, 'a', sizeof(big) - 8);
+    big[sizeof(big) - 1] = '\0';
+    for (int i = 0; i < 4; i++) {
+        th_resp rs = get(e, "/bigheaders?bytes=8000", hdrs);
+        expect_status(&rs, 502);
+        th_resp_free(&rs);
+        rs = get(e, "/bigheaders?bytes=1000", hdrs);
+        expect_status(&rs, 200);
+        th_resp_free(&rs);
+        rs = get(e, "/echo", NULL);
+        expect_status(&rs, 200);
+        th_resp_free(&rs);
+    }
+}
+
 static void test_upstream_timeout_504(void **state)
 {
     th_env *e = env_of(state);
@@ -696,6 +724,7 @@ int main(void)
         T(test_no_route_404),
         T(test_refused_502),
         T(test_bad_upstream_502),
+        T(test_heads_too_large_together_502),
         T(test_upstream_timeout_504),
         T(test_connect_timeout_504),
         T(test_body_limit_413),
