@@ -16,7 +16,7 @@
 #include "detour/upstream.h"
 
 /* Block size of streamed responses: bigger blocks cost memset time in MHD. */
-#define DT_STREAM_BLOCK (16 * 1024)
+#define DT_STREAM_BLOCK (64 * 1024)
 
 /* ------------------------------------------------------------ streamed responses */
 

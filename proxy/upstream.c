@@ -425,6 +425,7 @@ static CURL *easy_get(dt_worker *w)
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)DT_CURL_BUFFER);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, w);
     return e;
@@ -799,7 +800,7 @@ static void run_unpauses(dt_worker *w)
         dt_list_remove(&r->link);
         if (!r->transfer_active)
             continue;
-        bool recv = r->recv_paused && dt_ring_space(&r->down) >= CURL_MAX_WRITE_SIZE;
+        bool recv = r->recv_paused && dt_ring_space(&r->down) >= DT_CURL_BUFFER;
         bool send = r->send_paused && (dt_ring_used(&r->up) > 0 || r->upload_done);
         if (!recv && !send)
             continue;

@@ -52,7 +52,9 @@ typedef struct dt_ev {
 } dt_ev;
 
 /* Body buffers: a relayed body only ever passes through these. */
-#define DT_RING_SIZE (64 * 1024)
+#define DT_RING_SIZE (128 * 1024)
+/* curl's receive buffer: one write callback brings at most this much. */
+#define DT_CURL_BUFFER (64 * 1024)
 /* A response body up to this size (known Content-Length) is collected whole
  * and sent with its head in one write; larger ones are streamed. */
 #define DT_SMALL_BODY (64 * 1024)
