@@ -7,7 +7,10 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "detour/admin.h"
 #include "detour/flag.h"
@@ -153,6 +156,39 @@ static void drain(dt_server *srv)
         dt_worker_join(srv->workers[i]);
 }
 
+/*
+ * Workers bind with SO_REUSEPORT, which would let a second detour (or anything
+ * else with SO_REUSEPORT) share the port silently, each getting a part of the
+ * connections. Refuse to start when the address is taken: bind once without
+ * SO_REUSEPORT first.
+ */
+static int probe_listeners(const dt_config *cfg)
+{
+    int one = 1;
+
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        const dt_listen *l = &cfg->listen[i];
+        int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int rc = fd < 0 ? -1 : 0;
+        if (rc == 0)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (rc == 0 && l->addr.ss_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (rc == 0)
+            rc = bind(fd, (const struct sockaddr *)&l->addr, l->addrlen);
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        if (rc != 0) {
+            dt_log_error("%s:%d: cannot listen on %s: %s%s", cfg->path, l->line, l->text,
+                         strerror(err),
+                         err == EADDRINUSE ? " (is another detour already running?)" : "");
+            return DT_EIO;
+        }
+    }
+    return DT_OK;
+}
+
 static int start_workers(dt_server *srv, dt_config *cfg)
 {
     char err[512];
@@ -237,7 +273,7 @@ int dt_server_run(dt_config *cfg)
             goto out;
         }
     }
-    if (start_workers(&srv, cfg) != DT_OK)
+    if (probe_listeners(cfg) != DT_OK || start_workers(&srv, cfg) != DT_OK)
         goto out;
     dt_log_info("detour %s listening on %s%s (%s mode, %d workers)", DT_VERSION,
                 cfg->listen[0].text, cfg->nlisten > 1 ? " and more" : "", dt_mode_name(cfg->mode),
