@@ -54,7 +54,7 @@ typedef struct dt_ev {
 /* Body buffers: a relayed body only ever passes through these. */
 #define DT_RING_SIZE (128 * 1024)
 /* curl's receive buffer: one write callback brings at most this much. */
-#define DT_CURL_BUFFER (64 * 1024)
+#define DT_CURL_BUFFER (16 * 1024)
 /* A response body up to this size (known Content-Length) is collected whole
  * and sent with its head in one write; larger ones are streamed. */
 #define DT_SMALL_BODY (64 * 1024)
@@ -68,7 +68,7 @@ typedef struct dt_ev {
 #define DT_RH_BLOCK 4096
 /* Concurrent curl transfers per worker; more wait in a queue (curl scans its
  * connection cache linearly for each new transfer). */
-#define DT_MAX_ACTIVE_TRANSFERS 128
+#define DT_MAX_ACTIVE_TRANSFERS 64
 
 typedef struct dt_listener {
     dt_ev ev;
