@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "detour/front_int.h"
+#include "detour/log.h"
 #include "detour/page.h"
 
 /* ------------------------------------------------------------ local answers */
@@ -111,7 +112,8 @@ enum MHD_Result dt_front_answer_redirect(dt_req *r, const dt_verdict *v, bool ex
         }
     }
     r->action = DT_ACTION_REDIRECT;
-    r->location = strndup(v->location, v->location_len);
+    if (dt_access_log_enabled()) /* only the log reads it */
+        r->location = strndup(v->location, v->location_len);
     dt_front_set_answer(r, v->status, resp);
     return dt_front_answer_locally(r, expect_continue);
 }

@@ -258,11 +258,17 @@ static dt_str header_or_empty(struct MHD_Connection *c, const char *name)
     return (dt_str){v, len};
 }
 
-static void log_request(dt_req *r, bool completed_ok)
+/* Count the request, and log it when the access log is on. */
+static void log_request(dt_req *r)
 {
     char line[8192];
     int64_t dur = dt_now_us() - r->start_us;
     int status = r->status != 0 ? r->status : (r->client_gone ? 499 : 0);
+
+    dt_metrics_request(r->w->metrics, r->route != NULL ? r->route->stats : NULL, r->action, status,
+                       dur, r->start_wall);
+    if (!dt_access_log_enabled())
+        return;
     dt_access_entry e = {
         .client_ip = {r->conn->client_ip, strlen(r->conn->client_ip)},
         .time_s = r->start_wall,
@@ -285,12 +291,6 @@ static void log_request(dt_req *r, bool completed_ok)
         .dry_run = {r->dry_run, strlen(r->dry_run)},
         .duration_us = dur,
     };
-
-    (void)completed_ok;
-    dt_metrics_request(r->w->metrics, r->route != NULL ? r->route->stats : NULL, r->action, status,
-                       dur, r->start_wall);
-    if (!dt_access_log_enabled())
-        return;
     size_t n = dt_access_log_format(&e, r->cfg->log_format, line, sizeof line);
     if (n <= sizeof line)
         dt_worker_log_access(r->w, line, n);
@@ -321,7 +321,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls,
         MHD_destroy_response(pending);
     }
     if (r->method != NULL)
-        log_request(r, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+        log_request(r);
     if (k != NULL) {
         k->req = NULL;
         k->nrequests++;
