@@ -28,6 +28,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -53,7 +54,7 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
 
     if (r == NULL)
         return NULL;
-    memset(r, 0, sizeof *r);
+    memset(r, 0, offsetof(dt_req, rh));
     r->target = len < sizeof r->target_inline ? r->target_inline : malloc(len + 1);
     if (r->target == NULL) {
         dt_cache_put(&w->req_cache, r);

@@ -208,7 +208,6 @@ typedef struct dt_req {
     int64_t resp_length; /* upstream Content-Length, -1 unknown */
     char *rh_buf;        /* upstream response head bytes (names and values) */
     uint32_t rh_len, rh_cap;
-    dt_hdr rh[DT_RESP_HDRS_MAX];
     unsigned nrh;
     dt_list link;       /* in one of the worker's queues (wait, unpause) */
     dt_list susp_link;  /* in worker.suspended while its connection is suspended */
@@ -216,6 +215,9 @@ typedef struct dt_req {
     int64_t suspended_at;
     dt_list timer;    /* in worker.up_timers while waiting on the upstream */
     int64_t deadline; /* for timer */
+    /* Last, and not cleared for a new request (only rh[0..nrh) is ever read):
+     * most of the struct's size, most requests never fill it. */
+    dt_hdr rh[DT_RESP_HDRS_MAX];
 } dt_req;
 
 typedef struct dt_curl_sock {
