@@ -50,16 +50,10 @@ static size_t build_xff(const dt_header_field *in, size_t n, dt_str client, char
 
 static dt_str decremented(dt_str value, char *scratch)
 {
-    uint64_t v = 0;
+    uint64_t v;
 
-    if (value.n == 0 || value.n > 18)
-        return value;
-    for (size_t i = 0; i < value.n; i++) {
-        if (value.p[i] < '0' || value.p[i] > '9')
-            return value; /* not a number: pass it on untouched */
-        v = v * 10 + (uint64_t)(value.p[i] - '0');
-    }
-    if (v == 0)
+    /* Not a number (or 0): pass it on untouched. */
+    if (!dt_str_to_u64(value, UINT64_MAX, &v) || v == 0)
         return value;
     int len = snprintf(scratch, 32, "%llu", (unsigned long long)(v - 1));
     return (dt_str){scratch, (size_t)len};

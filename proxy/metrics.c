@@ -43,23 +43,32 @@ struct dt_metrics_worker {
     _Atomic uint64_t duration_count;
 } __attribute__((aligned(64)));
 
-struct dt_route_stats {
+/* What every interned label value starts with. */
+typedef struct cell_head {
     char *name;
-    uint32_t id;
+    uint32_t id; /* dense, in order of creation, never reused */
+} cell_head;
+
+struct dt_route_stats {
+    cell_head head;
     _Atomic int64_t last_hit;
 };
 
 struct dt_upstream_stats {
-    char *name;
-    uint32_t id;
+    cell_head head;
 };
+
+/* Names to cells: an array by id, and an open-addressing index by name. */
+typedef struct name_table {
+    cell_head **by_id;
+    size_t n, cap;
+    uint32_t *index; /* id + 1, 0 = empty; size idx_size (a power of two) */
+    size_t idx_size;
+} name_table;
 
 typedef struct registry {
     pthread_mutex_t lock;
-    dt_route_stats **routes;
-    size_t nroutes, routes_cap;
-    dt_upstream_stats **ups;
-    size_t nups, ups_cap;
+    name_table routes, ups;
 } registry;
 
 static registry reg = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -75,71 +84,82 @@ const char *dt_action_name(dt_action a)
 
 /* ------------------------------------------------------------ the registry */
 
-static void *grow(void *arr, size_t *cap, size_t elem)
+static uint64_t name_hash(const char *s)
 {
-    size_t n = *cap ? *cap * 2 : 64;
-    void *p = realloc(arr, n * elem);
-    if (p != NULL)
-        *cap = n;
-    return p;
+    uint64_t h = 14695981039346656037ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Rebuild the index at twice the size (load factor stays <= 1/2). */
+static bool index_grow(name_table *t)
+{
+    size_t size = t->idx_size ? t->idx_size * 2 : 256;
+    uint32_t *idx = calloc(size, sizeof *idx);
+
+    if (idx == NULL)
+        return false;
+    for (size_t id = 0; id < t->n; id++) {
+        size_t i = name_hash(t->by_id[id]->name) & (size - 1);
+        while (idx[i] != 0)
+            i = (i + 1) & (size - 1);
+        idx[i] = (uint32_t)id + 1;
+    }
+    free(t->index);
+    t->index = idx;
+    t->idx_size = size;
+    return true;
+}
+
+/*
+ * The cell named NAME, or a new zeroed one of SIZE bytes (a cell_head first).
+ * Config load time only, under reg.lock: O(1) per name, so a config with
+ * 10,000 routes loads as fast as one with ten.
+ */
+static cell_head *intern(name_table *t, const char *name, size_t size)
+{
+    size_t i;
+    cell_head *c;
+
+    if ((t->n + 1) * 2 > t->idx_size && !index_grow(t))
+        return NULL;
+    for (i = name_hash(name) & (t->idx_size - 1); t->index[i] != 0; i = (i + 1) & (t->idx_size - 1))
+        if (strcmp(t->by_id[t->index[i] - 1]->name, name) == 0)
+            return t->by_id[t->index[i] - 1];
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 64;
+        cell_head **p = realloc(t->by_id, cap * sizeof *p);
+        if (p == NULL)
+            return NULL;
+        t->by_id = p;
+        t->cap = cap;
+    }
+    c = calloc(1, size);
+    if (c == NULL || (c->name = strdup(name)) == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->id = (uint32_t)t->n;
+    t->by_id[t->n++] = c;
+    t->index[i] = c->id + 1;
+    return c;
 }
 
 dt_route_stats *dt_metrics_route(const char *name)
 {
-    dt_route_stats *rs = NULL;
-
     pthread_mutex_lock(&reg.lock);
-    for (size_t i = 0; i < reg.nroutes; i++)
-        if (strcmp(reg.routes[i]->name, name) == 0) {
-            rs = reg.routes[i];
-            goto out;
-        }
-    if (reg.nroutes == reg.routes_cap) {
-        void *p = grow(reg.routes, &reg.routes_cap, sizeof *reg.routes);
-        if (p == NULL)
-            goto out;
-        reg.routes = p;
-    }
-    rs = calloc(1, sizeof *rs);
-    if (rs == NULL || (rs->name = strdup(name)) == NULL) {
-        free(rs);
-        rs = NULL;
-        goto out;
-    }
-    rs->id = (uint32_t)reg.nroutes;
-    reg.routes[reg.nroutes++] = rs;
-out:
+    cell_head *c = intern(&reg.routes, name, sizeof(dt_route_stats));
     pthread_mutex_unlock(&reg.lock);
-    return rs;
+    return (dt_route_stats *)c;
 }
 
 dt_upstream_stats *dt_metrics_upstream(const char *name)
 {
-    dt_upstream_stats *us = NULL;
-
     pthread_mutex_lock(&reg.lock);
-    for (size_t i = 0; i < reg.nups; i++)
-        if (strcmp(reg.ups[i]->name, name) == 0) {
-            us = reg.ups[i];
-            goto out;
-        }
-    if (reg.nups == reg.ups_cap) {
-        void *p = grow(reg.ups, &reg.ups_cap, sizeof *reg.ups);
-        if (p == NULL)
-            goto out;
-        reg.ups = p;
-    }
-    us = calloc(1, sizeof *us);
-    if (us == NULL || (us->name = strdup(name)) == NULL) {
-        free(us);
-        us = NULL;
-        goto out;
-    }
-    us->id = (uint32_t)reg.nups;
-    reg.ups[reg.nups++] = us;
-out:
+    cell_head *c = intern(&reg.ups, name, sizeof(dt_upstream_stats));
     pthread_mutex_unlock(&reg.lock);
-    return us;
+    return (dt_upstream_stats *)c;
 }
 
 /* ------------------------------------------------------------ slots */
@@ -220,7 +240,7 @@ void dt_metrics_request(dt_metrics_worker *w, dt_route_stats *route, dt_action a
     if (w == NULL)
         return;
     count(w,
-          make_key(FAM_REQ, route != NULL ? route->id + 1 : 0, (unsigned)action, (unsigned)code));
+          make_key(FAM_REQ, route != NULL ? route->head.id + 1 : 0, (unsigned)action, (unsigned)code));
     /* Shared between workers, so only write when the second changed. */
     if (route != NULL && atomic_load_explicit(&route->last_hit, memory_order_relaxed) != now_s)
         atomic_store_explicit(&route->last_hit, now_s, memory_order_relaxed);
@@ -235,7 +255,7 @@ void dt_metrics_dry_run(dt_metrics_worker *w, dt_route_stats *route, int64_t now
 {
     (void)now_s;
     if (w != NULL && route != NULL)
-        count(w, make_key(FAM_DRY, route->id + 1, 0, 0));
+        count(w, make_key(FAM_DRY, route->head.id + 1, 0, 0));
 }
 
 void dt_metrics_rewrite(dt_metrics_worker *w, int from, int to)
@@ -248,13 +268,13 @@ void dt_metrics_rewrite(dt_metrics_worker *w, int from, int to)
 void dt_metrics_upstream_error(dt_metrics_worker *w, dt_upstream_stats *up, int kind)
 {
     if (w != NULL)
-        count(w, make_key(FAM_UPERR, up != NULL ? up->id + 1 : 0, (unsigned)-kind, 0));
+        count(w, make_key(FAM_UPERR, up != NULL ? up->head.id + 1 : 0, (unsigned)-kind, 0));
 }
 
 void dt_metrics_location_leak(dt_metrics_worker *w, dt_upstream_stats *up)
 {
     if (w != NULL)
-        count(w, make_key(FAM_LEAK, up != NULL ? up->id + 1 : 0, 0, 0));
+        count(w, make_key(FAM_LEAK, up != NULL ? up->head.id + 1 : 0, 0, 0));
 }
 
 void dt_metrics_connections(dt_metrics_worker *w, int delta)
@@ -385,12 +405,12 @@ static unsigned b_of(uint64_t k)
 
 static const char *route_name(uint32_t id)
 {
-    return id == 0 ? "-" : (id - 1 < reg.nroutes ? reg.routes[id - 1]->name : "?");
+    return id == 0 ? "-" : (id - 1 < reg.routes.n ? reg.routes.by_id[id - 1]->name : "?");
 }
 
 static const char *upstream_name(uint32_t id)
 {
-    return id == 0 ? "-" : (id - 1 < reg.nups ? reg.ups[id - 1]->name : "?");
+    return id == 0 ? "-" : (id - 1 < reg.ups.n ? reg.ups.by_id[id - 1]->name : "?");
 }
 
 static const char *error_kind(int err)
@@ -487,7 +507,7 @@ static void render_routes(text *t, const struct dt_config *cfg)
         if (rs == NULL)
             continue;
         emit(t, "detour_route_last_hit_timestamp_seconds{route=\"");
-        emit_label(t, rs->name);
+        emit_label(t, rs->head.name);
         emit(t, "\"} %lld\n", (long long)atomic_load_explicit(&rs->last_hit, memory_order_relaxed));
     }
 }

@@ -88,16 +88,9 @@ static dt_str rh_value(const dt_req *r, unsigned i)
 
 static int64_t parse_length(dt_str v)
 {
-    int64_t n = 0;
+    uint64_t n;
 
-    if (v.n == 0 || v.n > 18)
-        return -1;
-    for (size_t i = 0; i < v.n; i++) {
-        if (v.p[i] < '0' || v.p[i] > '9')
-            return -1;
-        n = n * 10 + (v.p[i] - '0');
-    }
-    return n;
+    return dt_str_to_u64(v, INT64_MAX, &n) ? (int64_t)n : -1;
 }
 
 static void count_leak(dt_req *r, dt_str location)

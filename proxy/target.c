@@ -59,17 +59,11 @@ static bool ipliteral_ok(dt_str h)
 /* 1*5DIGIT in 1..65535. */
 static int parse_port(dt_str s, unsigned *port)
 {
-    unsigned v = 0;
-    if (s.n == 0 || s.n > 5)
+    uint64_t v;
+
+    if (s.n > 5 || !dt_str_to_u64(s, 65535, &v) || v == 0)
         return DT_EINVAL;
-    for (size_t i = 0; i < s.n; i++) {
-        if (s.p[i] < '0' || s.p[i] > '9')
-            return DT_EINVAL;
-        v = v * 10 + (unsigned)(s.p[i] - '0');
-    }
-    if (v == 0 || v > 65535)
-        return DT_EINVAL;
-    *port = v;
+    *port = (unsigned)v;
     return DT_OK;
 }
 

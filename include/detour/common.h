@@ -87,6 +87,26 @@ static inline bool dt_str_ieq_cstr(const char *p, size_t n, const char *s)
     return dt_str_ieq((dt_str){p, n}, (dt_str){s, strlen(s)});
 }
 
+/*
+ * S as a decimal number no larger than MAX: digits only (no sign, no
+ * spaces, not empty). False when it is anything else or too large.
+ */
+static inline bool dt_str_to_u64(dt_str s, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (s.n == 0)
+        return false;
+    for (size_t i = 0; i < s.n; i++) {
+        unsigned d = (unsigned)(s.p[i] - '0');
+        if (s.p[i] < '0' || s.p[i] > '9' || v > (max - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
 /* Monotonic milliseconds; for deadlines and durations. */
 static inline int64_t dt_now_ms(void)
 {

@@ -166,9 +166,10 @@ static int raw_send(th_env *e, const char *text)
 /* CONNECT to AUTHORITY; the answer's head goes to HEAD. Returns the fd (status in *status). */
 static int open_tunnel(th_env *e, const char *authority, char *head, size_t cap, int *status)
 {
-    char req[512];
-    snprintf(req, sizeof(req), "CONNECT %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: test\r\n\r\n",
-             authority, authority);
+    char req[1200];
+    int len = snprintf(req, sizeof(req), "CONNECT %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: test\r\n\r\n",
+                       authority, authority);
+    assert_true(len > 0 && (size_t)len < sizeof(req));
     int fd = raw_send(e, req);
     long n = read_head(fd, head, cap, 5000);
     *status = n > 0 ? th_parse_status(head, (size_t)n) : -1;
