@@ -696,8 +696,13 @@ void dt_upstream_abort(dt_req *r)
 {
     /* Nothing to stop: never started, already finished (no handle), or not
      * queued. A queued request has no handle but sits in the wait queue. */
-    if (r->easy == NULL && !dt_list_linked(&r->link))
+    if (r->easy == NULL && !dt_list_linked(&r->link)) {
+        /* A buffered upload that never completed built its header list
+         * but no transfer: the list is all there is to release. */
+        free(r->hdrs);
+        r->hdrs = NULL;
         return;
+    }
     transfer_release(r);
     if (!r->transfer_done) {
         r->transfer_done = true;
