@@ -10,6 +10,7 @@ bash scripts/deps.sh test
 if [ "${SANITIZE:-0}" = 1 ]; then
     dir=build-asan
     flags=(-DDETOUR_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
+    # The tests' ASAN_OPTIONS (with tests/asan.supp) come from tests/CMakeLists.txt.
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:halt_on_error=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 else
