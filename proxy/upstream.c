@@ -3,9 +3,9 @@
  *
  * curl is driven by the worker's epoll through the socket API: curl tells us
  * which sockets to watch (socket_cb) and when to call it back (timer_cb, kept
- * in a variable: a timerfd cost ~12% CPU in a profile). Transfers are easy
- * handles recycled through a per-worker pool; options that never change are
- * set once when a handle is made, the rest before each transfer.
+ * in a variable: a timerfd cost ~12% CPU in a profile). Every transfer gets
+ * a new easy handle (easy_new says why none is recycled); connections stay
+ * in the multi's cache for keep-alive reuse.
  *
  * Backpressure both ways goes through the request's two fixed rings: when a
  * ring is full curl is paused (CURL_WRITEFUNC_PAUSE / CURL_READFUNC_PAUSE),
@@ -150,11 +150,6 @@ int dt_upstream_init(dt_worker *w)
 
 void dt_upstream_cleanup(dt_worker *w)
 {
-    for (size_t i = 0; i < w->neasy_pool; i++)
-        curl_easy_cleanup(w->easy_pool[i]);
-    free(w->easy_pool);
-    w->easy_pool = NULL;
-    w->neasy_pool = w->easy_pool_cap = 0;
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
     w->multi = NULL;
@@ -405,11 +400,17 @@ static size_t read_cb(char *buf, size_t size, size_t nitems, void *userdata)
 
 /* ------------------------------------------------------------ starting a transfer */
 
-static CURL *easy_get(dt_worker *w)
+/*
+ * A new easy handle for every transfer, never a recycled one: curl 7.88
+ * keeps a pointer to the previous response's last header across transfers
+ * on one handle (curl issue #11101, fixed in 8.1.0), and an upstream whose
+ * first header line starts with a space makes it "unfold" into that freed
+ * memory, a double free that kills the process. A fresh handle costs an
+ * allocation and these options; connections and DNS stay cached in the
+ * multi, so keep-alive reuse is unaffected.
+ */
+static CURL *easy_new(dt_worker *w)
 {
-    if (w->neasy_pool > 0)
-        return w->easy_pool[--w->neasy_pool];
-
     CURL *e = curl_easy_init();
     if (e == NULL)
         return NULL;
@@ -429,21 +430,6 @@ static CURL *easy_get(dt_worker *w)
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, w);
     return e;
-}
-
-static void easy_put(dt_worker *w, CURL *e)
-{
-    if (w->neasy_pool == w->easy_pool_cap) {
-        size_t cap = w->easy_pool_cap ? w->easy_pool_cap * 2 : 64;
-        void **p = realloc(w->easy_pool, cap * sizeof *p);
-        if (p == NULL) {
-            curl_easy_cleanup(e);
-            return;
-        }
-        w->easy_pool = p;
-        w->easy_pool_cap = cap;
-    }
-    w->easy_pool[w->neasy_pool++] = e;
 }
 
 /*
@@ -615,14 +601,14 @@ static void set_request_options(dt_req *r, CURL *e)
 static int transfer_begin(dt_req *r)
 {
     dt_worker *w = r->w;
-    CURL *e = easy_get(w);
+    CURL *e = easy_new(w);
 
     if (e == NULL)
         return DT_ENOMEM;
     r->easy = e;
     set_request_options(r, e);
     if (curl_multi_add_handle(w->multi, e) != CURLM_OK) {
-        easy_put(w, e);
+        curl_easy_cleanup(e);
         r->easy = NULL;
         return DT_ENOMEM;
     }
@@ -675,14 +661,15 @@ static void transfer_release(dt_req *r)
     dt_list_remove(&r->timer);
     dt_list_remove(&r->link);
     if (r->easy != NULL) {
-        bool reusable = true;
+        bool removed = true;
         if (r->transfer_active) {
             /* Never from inside one of the transfer's own callbacks: curl refuses. */
-            reusable = curl_multi_remove_handle(w->multi, r->easy) == CURLM_OK;
+            removed = curl_multi_remove_handle(w->multi, r->easy) == CURLM_OK;
             w->active_transfers--;
         }
-        if (reusable)
-            easy_put(w, r->easy);
+        /* A handle curl still holds cannot be freed safely: it is dropped. */
+        if (removed)
+            curl_easy_cleanup(r->easy);
         else
             dt_log_error("curl refused to release a transfer; its handle is dropped");
         r->easy = NULL;

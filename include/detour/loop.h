@@ -271,8 +271,6 @@ typedef struct dt_worker {
     dt_curl_sock *curl_socks[DT_CURL_SOCK_BUCKETS]; /* every curl socket we know, by fd */
     dt_curl_sock *dead_socks; /* closed this iteration; freed once no event can name them */
     int64_t curl_deadline;    /* monotonic ms, -1 none */
-    void **easy_pool;         /* idle CURL * handles */
-    size_t neasy_pool, easy_pool_cap;
     unsigned active_transfers;
     dt_list waitq;         /* requests waiting for a transfer slot */
     dt_list unpauseq;      /* requests whose curl transfer must be unpaused */

@@ -541,6 +541,30 @@ static void test_bad_upstream_502(void **state)
 }
 
 /*
+ * An upstream head whose first header line is an obs-fold continuation, after
+ * ordinary answers on the same workers: 502 (RFC 9112 5.2 lets a proxy
+ * replace such a message with 502), and detour lives on. curl 7.88 crashed
+ * on this with a reused easy handle (curl issue #11101).
+ */
+static void test_folded_upstream_head_502(void **state)
+{
+    th_env *e = env_of(state);
+    start_std(e, NULL, NULL);
+    for (int i = 0; i < 6; i++) {
+        th_resp ok = get(e, "/echo/before-fold", NULL);
+        expect_status(&ok, 200);
+        th_resp_free(&ok);
+        th_resp rs = get(e, "/foldhead", NULL);
+        if (rs.status != 502)
+            fail_msg("round %d: status %ld (%s), expected 502", i, rs.status, rs.err);
+        th_resp_free(&rs);
+    }
+    th_resp rs = get(e, "/echo/after-fold", NULL);
+    expect_status(&rs, 200);
+    th_resp_free(&rs);
+}
+
+/*
  * A large request head and a large response head that do not fit together in
  * libmicrohttpd's per-connection memory get a 502 (not a silent close), and
  * the worker's next transfers are unaffected (the failed transfer's curl
@@ -724,6 +748,7 @@ int main(void)
         T(test_no_route_404),
         T(test_refused_502),
         T(test_bad_upstream_502),
+        T(test_folded_upstream_head_502),
         T(test_heads_too_large_together_502),
         T(test_upstream_timeout_504),
         T(test_connect_timeout_504),

@@ -39,6 +39,8 @@
  *   /reset              reset the connection (SO_LINGER 0), no response.
  *   /empty              close the connection, no response.
  *   /bigheaders?bytes=N a response head of at least N bytes (X-Big-NNNNN headers).
+ *   /foldhead           a 200 head whose first header line is an obs-fold
+ *                       continuation (malformed), Content-Length 2; keeps the connection.
  *   /nolength?n=N       N pattern bytes delimited by close (no Content-Length, no chunked).
  *   /head               200 with a short body; meant for HEAD.
  *   /nocontent          204.      /notmodified   304 with an ETag.
@@ -784,6 +786,15 @@ static next ep_bigheaders(conn *c, request *r)
     return nx;
 }
 
+static next ep_foldhead(conn *c, request *r)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\n folded: x\r\nServer: dt-origin\r\n"
+                               "Content-Length: 2\r\n\r\nok";
+    return send_all(c->fd, head, r->head_only ? sizeof(head) - 3 : sizeof(head) - 1) == 0
+               ? NEXT_KEEP
+               : NEXT_CLOSE;
+}
+
 static next ep_nolength(conn *c, request *r)
 {
     uint64_t n = q_u64(r->query, "n", 100);
@@ -899,6 +910,7 @@ static const endpoint endpoints[] = {
     {"/reset", false, ep_reset},
     {"/empty", false, ep_empty},
     {"/bigheaders", false, ep_bigheaders},
+    {"/foldhead", false, ep_foldhead},
     {"/nolength", false, ep_nolength},
     {"/head", false, ep_head},
     {"/nocontent", false, ep_nocontent},
