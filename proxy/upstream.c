@@ -313,6 +313,37 @@ static bool header_line(dt_req *r, const char *p, size_t n)
     return true;
 }
 
+/*
+ * Response framing a proxy must refuse (RFC 9112 6.3): Content-Length values
+ * that are not a number or disagree, or a Content-Length next to a
+ * Transfer-Encoding. curl would settle on one reading, the upstream may mean
+ * another, and the next answer on that connection would be misread: the
+ * transfer fails (502) and curl drops the connection.
+ */
+static bool framing_ok(const dt_req *r)
+{
+    const char *cl = NULL;
+    size_t cl_len = 0;
+    bool te = false;
+
+    for (unsigned i = 0; i < r->nrh; i++) {
+        const dt_hdr *h = &r->rh[i];
+        const char *name = r->rh_buf + h->name, *value = r->rh_buf + h->value;
+        uint64_t n;
+        if (dt_str_ieq_cstr(name, h->name_len, "transfer-encoding")) {
+            te = true;
+        } else if (dt_str_ieq_cstr(name, h->name_len, "content-length")) {
+            if (!dt_str_to_u64((dt_str){value, h->value_len}, INT64_MAX, &n))
+                return false;
+            if (cl != NULL && (cl_len != h->value_len || memcmp(cl, value, cl_len) != 0))
+                return false;
+            cl = value;
+            cl_len = h->value_len;
+        }
+    }
+    return !(te && cl != NULL);
+}
+
 static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata)
 {
     dt_req *r = userdata;
@@ -334,6 +365,10 @@ static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata)
     if (n <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
         if (r->up_status >= 200) {
             r->head_done = true;
+            if (!framing_ok(r)) {
+                r->transfer_err = DT_EPROTO;
+                return 0;
+            }
             dt_front_upstream_head(r);
             if (r->transfer_err != DT_OK)
                 return 0; /* fails the transfer; dt_front_upstream_done answers */

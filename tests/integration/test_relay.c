@@ -564,6 +564,27 @@ static void test_folded_upstream_head_502(void **state)
     th_resp_free(&rs);
 }
 
+/* Upstream framing a proxy must refuse (RFC 9112 6.3) is a 502, never relayed. */
+static void test_bad_upstream_framing_502(void **state)
+{
+    static const char *const kinds[] = {"two different Content-Length",
+                                        "Content-Length and chunked",
+                                        "a Content-Length that is not a number"};
+    th_env *e = env_of(state);
+    start_std(e, NULL, NULL);
+    for (int k = 1; k <= 3; k++) {
+        char path[64];
+        snprintf(path, sizeof(path), "/badframing?kind=%d", k);
+        th_resp rs = get(e, path, NULL);
+        if (rs.status != 502)
+            fail_msg("%s: status %ld (%s), expected 502", kinds[k - 1], rs.status, rs.err);
+        th_resp_free(&rs);
+    }
+    th_resp rs = get(e, "/echo/after", NULL);
+    expect_status(&rs, 200);
+    th_resp_free(&rs);
+}
+
 /*
  * A large request head and a large response head that do not fit together in
  * libmicrohttpd's per-connection memory get a 502 (not a silent close), and
@@ -749,6 +770,7 @@ int main(void)
         T(test_refused_502),
         T(test_bad_upstream_502),
         T(test_folded_upstream_head_502),
+        T(test_bad_upstream_framing_502),
         T(test_heads_too_large_together_502),
         T(test_upstream_timeout_504),
         T(test_connect_timeout_504),

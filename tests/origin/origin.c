@@ -41,6 +41,9 @@
  *   /bigheaders?bytes=N a response head of at least N bytes (X-Big-NNNNN headers).
  *   /foldhead           a 200 head whose first header line is an obs-fold
  *                       continuation (malformed), Content-Length 2; keeps the connection.
+ *   /badframing?kind=K  a 200 with framing a proxy must refuse, body "hello":
+ *                       K=1 two different Content-Length, K=2 Content-Length and
+ *                       chunked, K=3 a Content-Length that is not a number.
  *   /nolength?n=N       N pattern bytes delimited by close (no Content-Length, no chunked).
  *   /head               200 with a short body; meant for HEAD.
  *   /nocontent          204.      /notmodified   304 with an ETag.
@@ -795,6 +798,20 @@ static next ep_foldhead(conn *c, request *r)
                : NEXT_CLOSE;
 }
 
+static next ep_badframing(conn *c, request *r)
+{
+    static const char *const heads[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    };
+    uint64_t k = q_u64(r->query, "kind", 1);
+    const char *h = heads[k >= 1 && k <= 3 ? k - 1 : 0];
+    send_all(c->fd, h, strlen(h));
+    return NEXT_CLOSE;
+}
+
 static next ep_nolength(conn *c, request *r)
 {
     uint64_t n = q_u64(r->query, "n", 100);
@@ -911,6 +928,7 @@ static const endpoint endpoints[] = {
     {"/empty", false, ep_empty},
     {"/bigheaders", false, ep_bigheaders},
     {"/foldhead", false, ep_foldhead},
+    {"/badframing", false, ep_badframing},
     {"/nolength", false, ep_nolength},
     {"/head", false, ep_head},
     {"/nocontent", false, ep_nocontent},
