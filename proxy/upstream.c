@@ -141,6 +141,18 @@ int dt_upstream_init(dt_worker *w)
     /* Keep an idle connection for every transfer slot so keep-alive reuse holds. */
     curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)DT_MAX_ACTIVE_TRANSFERS * 2);
     w->multi = m;
+    /* Connections and DNS answers live in the multi; TLS sessions live in
+     * each easy handle unless shared. Every transfer has a new handle, so
+     * share them per worker (one thread: no locks) and let a new upstream
+     * connection resume a session instead of a full handshake. Without
+     * the share, upstream TLS still works, only without resumption. */
+    w->tls_sessions = curl_share_init();
+    if (w->tls_sessions != NULL &&
+        curl_share_setopt(w->tls_sessions, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) !=
+            CURLSHE_OK) {
+        curl_share_cleanup(w->tls_sessions);
+        w->tls_sessions = NULL;
+    }
     w->curl_deadline = -1;
     dt_list_init(&w->waitq);
     dt_list_init(&w->unpauseq);
@@ -153,6 +165,11 @@ void dt_upstream_cleanup(dt_worker *w)
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
     w->multi = NULL;
+    /* Refused (CURLSHE_IN_USE) only while a handle curl would not release
+     * still points at it; the process is ending then anyway. */
+    if (w->tls_sessions != NULL)
+        curl_share_cleanup(w->tls_sessions);
+    w->tls_sessions = NULL;
     dt_upstream_reap(w);
     /* Sockets curl left open at cleanup (none, normally) are only forgotten here. */
     for (size_t i = 0; i < DT_CURL_SOCK_BUCKETS; i++)
@@ -464,6 +481,8 @@ static CURL *easy_new(dt_worker *w)
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)DT_CURL_BUFFER);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, w);
+    if (w->tls_sessions != NULL)
+        curl_easy_setopt(e, CURLOPT_SHARE, w->tls_sessions);
     return e;
 }
 

@@ -268,6 +268,7 @@ typedef struct dt_worker {
     bool mhd_pending; /* run libmicrohttpd again before blocking (resumes) */
 
     void *multi;                                    /* CURLM * */
+    void *tls_sessions; /* CURLSH *: TLS sessions shared by the worker's transfers */
     dt_curl_sock *curl_socks[DT_CURL_SOCK_BUCKETS]; /* every curl socket we know, by fd */
     dt_curl_sock *dead_socks; /* closed this iteration; freed once no event can name them */
     int64_t curl_deadline;    /* monotonic ms, -1 none */

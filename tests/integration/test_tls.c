@@ -12,7 +12,8 @@
  * the detour under test relays to it over https: verified against ca_file,
  * refused (502, kind="tls") with the wrong CA or the system bundle, taken
  * with tls_verify = false; Locations naming the https upstream are
- * rewritten to the client's origin.
+ * rewritten to the client's origin. New upstream connections resume TLS
+ * sessions (openssl s_server as the upstream says which were resumed).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -519,6 +520,59 @@ static void test_https_upstream_wrong_ca(void **state)
     stop_terminator(&c);
 }
 
+/*
+ * A new upstream TLS connection resumes the session of an earlier one: every
+ * transfer has a new curl handle, so the sessions must be shared per worker.
+ * `openssl s_server -www` closes after each answer (every request is a new
+ * connection) and its status page says "New" or "Reused" for the session.
+ */
+static void test_https_upstream_resumes_sessions(void **state)
+{
+    th_env *e = env_of(state);
+    char bin[TH_PATH_MAX], cert[TH_PATH_MAX], key[TH_PATH_MAX], accept[32];
+    th_proc server;
+    make_pki(e->dir);
+    assert_true(find_openssl(bin, sizeof(bin)));
+    int avoid[] = {e->port, e->origin_port};
+    int port = ops_free_port_not(avoid, 2);
+    snprintf(accept, sizeof(accept), "127.0.0.1:%d", port);
+    snprintf(cert, sizeof(cert), "%s/server.pem", e->dir);
+    snprintf(key, sizeof(key), "%s/server.key", e->dir);
+    char *argv[] = {bin, "s_server", "-accept", accept, "-cert", cert, "-key", key, "-www",
+                    "-quiet", NULL};
+    assert_int_equal(th_proc_spawn(&server, e->dir, "s_server", argv), 0);
+    assert_int_equal(th_proc_wait_port(&server, port, 5000), 0);
+    assert_int_equal(th_detour_start(e,
+                                     "listen = \"127.0.0.1:%d\";\n"
+                                     "workers = 1;\n"
+                                     "access_log = \"off\";\n"
+                                     "timeouts = { drain_ms = 2000; };\n"
+                                     "upstreams = { s = { url = \"https://127.0.0.1:%d\"; "
+                                     "ca_file = \"ca.pem\"; }; };\n"
+                                     "routes = ( { name = \"all\"; match = { prefix = \"/\"; };\n"
+                                     "             relay = { upstream = \"s\"; }; } );\n",
+                                     e->port, port),
+                     0);
+    /* Collected first, checked after s_server is stopped, so a failure
+     * leaves no process behind. */
+    int ok = 0, fresh = 0, reused = 0;
+    for (int i = 0; i < 3; i++) {
+        th_resp rs = via_chain(e, "/");
+        const char *body = rs.body != NULL ? rs.body : "";
+        ok += rs.status == 200;
+        fresh += i == 0 && strstr(body, "\nNew, ") != NULL;
+        reused += i > 0 && strstr(body, "\nReused, ") != NULL;
+        th_resp_free(&rs);
+    }
+    th_proc_stop(&server, 3000);
+    if (ok != 3)
+        fail_msg("%d of 3 requests through openssl s_server answered 200", ok);
+    if (fresh != 1)
+        fail_msg("the first upstream connection did not start a new TLS session");
+    if (reused != 2)
+        fail_msg("%d of 2 later upstream connections resumed the TLS session", reused);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, th_it_setup, th_it_teardown)
@@ -526,7 +580,7 @@ int main(void)
         T(test_tls_listener_relays),         T(test_tls_scheme_in_redirect),
         T(test_tls_bodies_and_keepalive),    T(test_tls_serves_configured_cert),
         T(test_tls_port_refuses_plain_http), T(test_https_upstream_verified),
-        T(test_https_upstream_wrong_ca),
+        T(test_https_upstream_wrong_ca),      T(test_https_upstream_resumes_sessions),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
