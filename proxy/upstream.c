@@ -606,49 +606,50 @@ static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct cur
 static void set_request_options(dt_req *r, CURL *e)
 {
     const dt_upstream *up = r->upstream;
-    bool upload = !r->up_buffered && (r->content_length >= 0 || r->chunked);
+    bool upload = !r->up_buffered && !r->is_head && (r->content_length >= 0 || r->chunked);
     bool plain_get = !upload && !r->up_buffered &&
                      dt_str_eq((dt_str){r->method, r->method_len}, DT_STR_LIT("GET"));
 
     curl_easy_setopt(e, CURLOPT_URL, r->url != NULL ? r->url : up->url);
     curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, r->up_target);
     /*
-     * The order matters: POSTFIELDS sets the method to POST, UPLOAD to PUT or
-     * GET, NOBODY to HEAD; CUSTOMREQUEST then only changes the word sent. A
-     * small body already read whole goes out with the head in one write
+     * The handle is new, so only what differs from curl's defaults is set.
+     * The order matters: POSTFIELDS sets the method to POST, UPLOAD to PUT,
+     * NOBODY to HEAD; CUSTOMREQUEST then only changes the word sent. A small
+     * body already read whole goes out with the head in one write
      * (POSTFIELDS); any other body streams through the read callback.
      */
     if (r->up_buffered) {
-        curl_easy_setopt(e, CURLOPT_UPLOAD, 0L);
-        curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->up_buf != NULL ? r->up_buf : "");
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_received);
-    } else {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
-        curl_easy_setopt(e, CURLOPT_UPLOAD, upload ? 1L : 0L);
-        curl_easy_setopt(e, CURLOPT_NOBODY, r->is_head ? 1L : 0L);
+    } else if (upload) {
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                         (curl_off_t)(r->chunked ? -1 : r->content_length));
+    } else if (r->is_head) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     }
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (r->is_head || plain_get) ? NULL : r->method);
-    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
-                     (curl_off_t)(r->chunked ? -1 : (upload ? r->content_length : 0)));
+    if (!r->is_head && !plain_get)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)r->hdrs);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_READDATA, r);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)r->cfg->timeouts.connect_ms);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, r->url != NULL ? open_socket : NULL);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r->url != NULL ? r : NULL);
-    if (up != NULL && up->https) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
-        curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
-    } else {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-        curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
+    if (r->url != NULL) {
+        /* forward and transparent modes: each address curl connects to is
+         * checked for a loop and against forward.allow_destinations */
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
     }
+    /* curl verifies peers by default, against the system's CA bundle. */
+    if (up != NULL && up->https && !up->tls_verify) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (up != NULL && up->https && up->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
 }
 
 /* Take an easy handle and add the transfer to the multi. DT_OK or DT_ENOMEM. */
@@ -674,6 +675,15 @@ static int transfer_begin(dt_req *r)
 
 int dt_upstream_start(dt_req *r, const dt_req_header *hdrs, size_t nhdrs)
 {
+    if (r->is_head && (r->content_length >= 0 || r->chunked)) {
+        /* curl sends a HEAD only without content, and content in a HEAD has
+         * no defined meaning (RFC 9110 9.3.2): the method is kept and the
+         * body is read and dropped (bounded), never relayed as a POST or
+         * PUT. */
+        r->discard = true;
+        r->hdrs = build_headers(r, hdrs, nhdrs);
+        return r->hdrs == NULL ? DT_ENOMEM : dt_upstream_begin(r);
+    }
     /* A small body of known size is read whole first (as nginx buffers
      * request bodies), then sent with the head; the upstream connection is
      * not held while a slow client uploads. */

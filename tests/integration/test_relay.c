@@ -126,6 +126,42 @@ static void test_head(void **state)
     th_resp_free(&rs);
 }
 
+/*
+ * A HEAD with content (RFC 9110 9.3.2: no defined meaning) stays a HEAD
+ * upstream, its body is dropped, and the connection goes on: curl can only
+ * send a HEAD without content, and relaying it as the POST or PUT curl would
+ * make of it could change data.
+ */
+static void test_head_with_body_stays_head(void **state)
+{
+    static const char *const heads[] = {
+        "HEAD /echo/h1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        "HEAD /echo/h2 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        "HEAD /echo/h3 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n0\r\n\r\n",
+    };
+    th_env *e = env_of(state);
+    start_std(e, NULL, NULL);
+    for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        int fd = th_connect(e->port, 5000);
+        assert_true(fd >= 0);
+        assert_int_equal(th_send_str(fd, heads[i], 5000), 0);
+        th_raw_resp rs;
+        assert_int_equal(th_recv_response(fd, true, &rs, 5000), 0);
+        assert_int_equal(rs.status, 200);
+        if (strstr(rs.head, "X-Origin-Method: HEAD\r\n") == NULL)
+            fail_msg("request %zu reached the origin as another method:\n%s", i, rs.head);
+        th_raw_resp_free(&rs);
+        /* The same connection serves the next request. */
+        assert_int_equal(th_send_str(fd, "GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n", 5000), 0);
+        assert_int_equal(th_recv_response(fd, false, &rs, 5000), 0);
+        assert_int_equal(rs.status, 200);
+        assert_non_null(strstr(rs.head, "X-Origin-Method: GET\r\n"));
+        th_raw_resp_free(&rs);
+        close(fd);
+    }
+}
+
 static void test_raw_target(void **state)
 {
     static const char *const targets[] = {
@@ -753,6 +789,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_methods),
         T(test_head),
+        T(test_head_with_body_stays_head),
         T(test_raw_target),
         T(test_request_header_order),
         T(test_request_hop_by_hop),
