@@ -27,6 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <setjmp.h> /* before cmocka.h, which needs jmp_buf */
+#include <cmocka.h>
+
 #define TH_BODY_KEEP_MAX (16u * 1024 * 1024)
 #define TH_RAW_BODY_KEEP (1u * 1024 * 1024)
 #define TH_HEAD_MAX (1024 * 1024)
@@ -440,6 +443,19 @@ int th_it_teardown(void **state)
     free(e);
     *state = NULL;
     return rc == 0 ? 0 : -1;
+}
+
+unsigned long th_origin_requests(th_env *e)
+{
+    char url[128];
+    unsigned long n = 0;
+    th_resp rs;
+    snprintf(url, sizeof(url), "%s/stats", e->origin_url);
+    th_req rq = {.url = url, .keep_body = true};
+    assert_int_equal(th_http(&rq, &rs), 0);
+    assert_int_equal(sscanf(rs.body, "requests: %lu", &n), 1);
+    th_resp_free(&rs);
+    return n;
 }
 
 const char *th_echo_header(const char *body, const char *name, size_t nth, char *out, size_t cap)

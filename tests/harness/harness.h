@@ -122,6 +122,9 @@ int th_env_stop(th_env *e);
 int th_it_setup(void **state);
 int th_it_teardown(void **state);
 
+/* The origin's request counter from its /stats (that request itself included). */
+unsigned long th_origin_requests(th_env *e);
+
 /*
  * The value of the NTH (0-based) "header: NAME: value" line of a dt_origin
  * /echo body (NAME case-insensitive) into OUT; NULL when there is none.

@@ -54,19 +54,6 @@ static exchange raw_exchange(th_env *e, const char *req, size_t len)
     return x;
 }
 
-static unsigned long origin_requests(th_env *e)
-{
-    char url[128];
-    unsigned long n = 0;
-    th_resp rs;
-    snprintf(url, sizeof(url), "%s/stats", e->origin_url);
-    th_req rq = {.url = url, .keep_body = true};
-    assert_int_equal(th_http(&rq, &rs), 0);
-    assert_int_equal(sscanf(rs.body, "requests: %lu", &n), 1);
-    th_resp_free(&rs);
-    return n;
-}
-
 /* A request as bytes (it may contain NULs) and the status it must get. */
 typedef struct bad_case {
     const char *what;
@@ -127,7 +114,7 @@ static void test_bad_requests(void **state)
     th_env *e = env_of(state);
     int failures = 0;
     assert_int_equal(th_detour_std(e, NULL, NULL), 0);
-    unsigned long before = origin_requests(e);
+    unsigned long before = th_origin_requests(e);
     /* Every case runs, so that one report names every shape that got through. */
     for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
         const bad_case *c = &bad_cases[i];
@@ -142,7 +129,7 @@ static void test_bad_requests(void **state)
     }
     assert_int_equal(failures, 0);
     /* Nothing was relayed: only the second /stats reached the origin. */
-    assert_int_equal(origin_requests(e) - before, 1);
+    assert_int_equal(th_origin_requests(e) - before, 1);
 }
 
 /* The same shapes are fine when well-formed: the refusals above are not accidents. */
@@ -363,7 +350,7 @@ static void test_abandoned_uploads(void **state)
     assert_int_equal(th_detour_std(e, NULL, NULL), 0);
     memset(filler, 'u', sizeof(filler));
 
-    unsigned long before = origin_requests(e);
+    unsigned long before = th_origin_requests(e);
     for (int i = 0; i < 3; i++) {
         int fd = th_connect(e->port, IO_MS);
         assert_true(fd >= 0);
@@ -373,7 +360,7 @@ static void test_abandoned_uploads(void **state)
     }
     th_sleep_ms(200);
     /* /stats itself is the one request the origin saw since. */
-    assert_int_equal(origin_requests(e), before + 1);
+    assert_int_equal(th_origin_requests(e), before + 1);
 
     for (int i = 0; i < 3; i++) {
         int fd = th_connect(e->port, IO_MS);

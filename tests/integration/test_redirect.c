@@ -203,20 +203,6 @@ static void check_origin(th_env *e, const char *method, const char *target)
     th_resp_free(&rs);
 }
 
-/* The origin's request counter (the /stats request itself included). */
-static unsigned long origin_requests(th_env *e)
-{
-    char url[128];
-    unsigned long n = 0;
-    th_resp rs;
-    snprintf(url, sizeof(url), "%s/stats", e->origin_url);
-    th_req rq = {.url = url, .keep_body = true};
-    assert_int_equal(th_http(&rq, &rs), 0);
-    assert_int_equal(sscanf(rs.body, "requests: %lu", &n), 1);
-    th_resp_free(&rs);
-    return n;
-}
-
 /* ---- raw sockets ------------------------------------------------------------------- */
 
 /* A connection to detour from source address SRC (any 127.0.0.0/8 address works). */
@@ -987,7 +973,7 @@ static void test_post_body_dropped_connection_kept(void **state)
     assert_non_null(body);
     th_pattern_fill(0, (unsigned char *)body, ONE_MIB);
     start_routes(e, NULL, body_routes);
-    unsigned long before = origin_requests(e);
+    unsigned long before = th_origin_requests(e);
 
     CURL *easy = curl_easy_init();
     assert_non_null(easy);
@@ -1029,7 +1015,7 @@ static void test_post_body_dropped_connection_kept(void **state)
     curl_easy_cleanup(easy);
 
     /* The origin saw none of it: only the second /stats. */
-    assert_int_equal(origin_requests(e), before + 1);
+    assert_int_equal(th_origin_requests(e), before + 1);
     free(body);
 }
 
@@ -1042,7 +1028,7 @@ static void test_post_body_raw_socket(void **state)
     assert_non_null(body);
     th_pattern_fill(0, (unsigned char *)body, ONE_MIB);
     start_routes(e, NULL, body_routes);
-    unsigned long before = origin_requests(e);
+    unsigned long before = th_origin_requests(e);
 
     int fd = th_connect(e->port, IO_MS);
     assert_true(fd >= 0);
@@ -1069,7 +1055,7 @@ static void test_post_body_raw_socket(void **state)
     th_assert_contains(r.body, "body-length: 0\n");
     th_raw_resp_free(&r);
     close(fd);
-    assert_int_equal(origin_requests(e), before + 2); /* /echo/after and this /stats */
+    assert_int_equal(th_origin_requests(e), before + 2); /* /echo/after and this /stats */
     free(body);
 }
 
@@ -1078,7 +1064,7 @@ static void test_expect_continue_answered_at_once(void **state)
     th_env *e = env_of(state);
     th_raw raw;
     start_routes(e, NULL, body_routes);
-    unsigned long before = origin_requests(e);
+    unsigned long before = th_origin_requests(e);
 
     int fd = th_connect(e->port, IO_MS);
     assert_true(fd >= 0);
@@ -1115,7 +1101,7 @@ static void test_expect_continue_answered_at_once(void **state)
     if (rs.total_s >= 0.9)
         fail_msg("the answer took %.3f s: curl waited for a 100 Continue", rs.total_s);
     th_resp_free(&rs);
-    assert_int_equal(origin_requests(e), before + 1);
+    assert_int_equal(th_origin_requests(e), before + 1);
 }
 
 static void test_large_body_answered_and_closed(void **state)
