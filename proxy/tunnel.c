@@ -9,8 +9,19 @@
  *
  * Life of a tunnel: HEAD (reading the head) -> RESOLVING -> CONNECTING ->
  * REPLY (our answer is being written) -> OPEN (pumping) -> FLUSH (one side
- * ended; delivering what the pipes hold) -> freed. An error answer goes
- * REPLY -> freed. Every state has a deadline checked by dt_tunnel_sweep().
+ * ended; delivering what the other side had sent by then) -> freed. An error
+ * answer goes REPLY -> freed. Every state has a deadline checked by
+ * dt_tunnel_sweep().
+ *
+ * Pumping peeks, sends, then discards: recv(MSG_PEEK) copies what the source
+ * holds into the worker's scratch buffer, send() passes it on, and
+ * recv(MSG_TRUNC) drops from the source exactly what the destination took.
+ * Bytes the destination cannot take yet stay in the source's kernel receive
+ * buffer, so a tunnel owns no memory of its own and a slow side holds the
+ * other back through TCP's own flow control. This beats splice() through a
+ * pipe on Linux loopback and virtual NICs: two copies of large chunks cost
+ * less than splice's page-by-page bookkeeping on both sockets (measured in
+ * docs/performance.md).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "detour/access.h"
@@ -29,8 +41,11 @@
 #include "detour/target.h"
 #include "detour/tunnel.h"
 
-#define PIPE_SIZE (256 * 1024)
+/* Bytes moved per peek: large chunks keep the per-call cost low (the worker
+ * has one such buffer, whatever the number of tunnels). */
+#define DT_TUNNEL_CHUNK (4 * 1024 * 1024)
 #define PUMP_ROUNDS 16
+#define PUMP_MIN (16 * 1024) /* smallest peek after the destination took part of one */
 
 typedef struct dt_peek {
     dt_ev ev;
@@ -47,9 +62,11 @@ typedef enum tstate { T_HEAD, T_RESOLVING, T_CONNECTING, T_REPLY, T_OPEN, T_FLUS
 
 typedef struct pump {
     int src, dst;
-    int pipe[2];
-    size_t pending;
-    bool src_eof;
+    size_t cap;         /* next peek size: shrinks while the destination is the slow side */
+    bool src_eof;       /* the source ended (or was reset) after all it sent went on */
+    bool blocked;       /* the destination took less than offered: wait until writable */
+    bool flushing;      /* FLUSH: move flush_left more bytes, then stop */
+    uint64_t flush_left;
     uint64_t bytes;
 } pump;
 
@@ -140,10 +157,6 @@ static void tunnel_free(dt_tunnel *t)
     set_mask(w, t->ufd, &t->umask, 0, &t->uev);
     close_fd(&t->cfd);
     close_fd(&t->ufd);
-    for (int i = 0; i < 2; i++) {
-        close_fd(&t->cu.pipe[i]);
-        close_fd(&t->uc.pipe[i]);
-    }
     dt_resolve_cancel(t->res);
     t->res = NULL;
     if (t->ai != NULL)
@@ -416,91 +429,138 @@ static void read_head(dt_tunnel *t)
 
 /* ------------------------------------------------------------ pumping */
 
-static bool pipe_open(pump *p, int src, int dst)
+/* The worker's pumping buffer, made on its first tunnel (NULL if out of memory). */
+static char *scratch_of(dt_worker *w)
+{
+    if (w->tunnel_buf == NULL)
+        w->tunnel_buf = malloc(DT_TUNNEL_CHUNK);
+    return w->tunnel_buf;
+}
+
+static void pump_init(pump *p, int src, int dst)
 {
     p->src = src;
     p->dst = dst;
-    if (pipe2(p->pipe, O_NONBLOCK | O_CLOEXEC) != 0)
-        return false;
-    /* A bigger pipe moves a bulk stream in fewer system calls. */
-    fcntl(p->pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
-    return true;
+    p->cap = DT_TUNNEL_CHUNK;
 }
 
-/* Move what can move without blocking. -1 on a broken side. */
-static int pump_run(pump *p, bool reading, bool *progress)
+/* May this direction read its source now? */
+static bool pump_wants_input(const pump *p)
 {
-    for (int i = 0; i < PUMP_ROUNDS; i++) {
-        bool moved = false;
-        if (reading && !p->src_eof && p->pending < PIPE_SIZE) {
-            ssize_t n = splice(p->src, NULL, p->pipe[1], NULL, PIPE_SIZE - p->pending,
-                               SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-            if (n > 0) {
-                p->pending += (size_t)n;
-                moved = true;
-            } else if (n == 0) {
-                p->src_eof = true;
-                moved = true;
-            } else if (errno != EAGAIN) {
-                p->src_eof = true; /* a reset reads as an end */
-                moved = true;
-            }
-        }
-        if (p->pending > 0) {
-            ssize_t n = splice(p->pipe[0], NULL, p->dst, NULL, p->pending,
-                               SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-            if (n > 0) {
-                p->pending -= (size_t)n;
-                p->bytes += (uint64_t)n;
-                moved = true;
-            } else if (n < 0 && errno != EAGAIN) {
-                return -1;
-            }
-        }
-        if (!moved)
+    return !p->src_eof && !p->blocked && (!p->flushing || p->flush_left > 0);
+}
+
+/* Move what can move without blocking, up to one chunk so that one busy
+ * tunnel cannot hold up the worker's other connections (level-triggered
+ * epoll brings it back next turn). -1 on a broken side. */
+static int pump_run(pump *p, char *buf, bool *progress)
+{
+    size_t moved = 0;
+
+    for (int i = 0; i < PUMP_ROUNDS && moved < DT_TUNNEL_CHUNK && pump_wants_input(p); i++) {
+        size_t want = p->cap;
+        if (p->flushing && p->flush_left < want)
+            want = (size_t)p->flush_left;
+        ssize_t n = recv(p->src, buf, want, MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
             break;
+        if (n <= 0) {
+            p->src_eof = true; /* a reset reads as an end */
+            *progress = true;
+            break;
+        }
+        ssize_t w = send(p->dst, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EAGAIN) {
+            p->blocked = true;
+            break;
+        }
+        if (w <= 0)
+            return -1;
+        /* Drop from the source exactly what went on; it is already queued. */
+        if (recv(p->src, buf, (size_t)w, MSG_TRUNC | MSG_DONTWAIT) != w)
+            return -1;
+        p->bytes += (uint64_t)w;
+        moved += (size_t)w;
+        if (p->flushing)
+            p->flush_left -= (uint64_t)w;
         *progress = true;
+        if (w < n) {
+            /* Offer about what it took next time: less peeked in vain. */
+            p->cap = (size_t)w < PUMP_MIN ? PUMP_MIN : (size_t)w;
+            p->blocked = true;
+            break;
+        }
+        if ((size_t)n == p->cap && p->cap < DT_TUNNEL_CHUNK)
+            p->cap = p->cap * 2 < DT_TUNNEL_CHUNK ? p->cap * 2 : DT_TUNNEL_CHUNK;
     }
     return 0;
 }
 
+/* One side ended: the other still delivers what it had received by now. */
+static void pump_start_flush(pump *p)
+{
+    int avail = 0;
+
+    p->flushing = true;
+    p->flush_left = 0;
+    if (!p->src_eof && ioctl(p->src, FIONREAD, &avail) == 0 && avail > 0)
+        p->flush_left = (uint64_t)avail;
+}
+
 static void update_masks(dt_tunnel *t)
 {
-    bool reading = t->state == T_OPEN;
     uint32_t cm = 0, um = 0;
 
-    if (reading && !t->cu.src_eof && t->cu.pending < PIPE_SIZE)
+    if (pump_wants_input(&t->cu))
         cm |= EPOLLIN;
-    if (reading && !t->uc.src_eof && t->uc.pending < PIPE_SIZE)
+    if (pump_wants_input(&t->uc))
         um |= EPOLLIN;
-    if (t->uc.pending > 0)
+    if (t->uc.blocked)
         cm |= EPOLLOUT;
-    if (t->cu.pending > 0)
+    if (t->cu.blocked)
         um |= EPOLLOUT;
     set_mask(t->w, t->cfd, &t->cmask, cm, &t->cev);
     set_mask(t->w, t->ufd, &t->umask, um, &t->uev);
 }
 
-static void pump_both(dt_tunnel *t)
+static void pump_both(dt_tunnel *t, uint32_t cev, uint32_t uev)
 {
-    bool progress = false, reading = t->state == T_OPEN;
+    bool progress = false;
+    char *buf = scratch_of(t->w);
 
-    if (pump_run(&t->cu, reading, &progress) < 0 || pump_run(&t->uc, reading, &progress) < 0) {
+    /* A writable destination may take more: offer again. */
+    if (uev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        t->cu.blocked = false;
+    if (cev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        t->uc.blocked = false;
+    if (buf == NULL || pump_run(&t->cu, buf, &progress) < 0 ||
+        pump_run(&t->uc, buf, &progress) < 0) {
         tunnel_free(t);
         return;
     }
     if (progress)
         t->deadline = dt_now_ms() + t->cfg->timeouts.idle_ms;
-    if (t->state == T_OPEN && (t->cu.src_eof || t->uc.src_eof))
-        t->state = T_FLUSH; /* one side ended: deliver what is in flight, then close both */
-    if (t->state == T_FLUSH && t->cu.pending == 0 && t->uc.pending == 0) {
+    if (t->state == T_OPEN && (t->cu.src_eof || t->uc.src_eof)) {
+        /* The ended direction has delivered everything (its end is read
+         * only after its last byte went on); the other delivers what it had
+         * received by now, then both sides close. */
+        t->state = T_FLUSH;
+        pump_start_flush(&t->cu);
+        pump_start_flush(&t->uc);
+        if (pump_run(&t->cu, buf, &progress) < 0 || pump_run(&t->uc, buf, &progress) < 0) {
+            tunnel_free(t);
+            return;
+        }
+    }
+    if (t->state == T_FLUSH && !pump_wants_input(&t->cu) && !pump_wants_input(&t->uc) &&
+        !t->cu.blocked && !t->uc.blocked) {
         tunnel_free(t);
         return;
     }
     update_masks(t);
 }
 
-/* Client bytes that arrived with the head go first, before any splice. */
+/* Client bytes that arrived with the head go first, before any pumping. */
 static bool send_early(dt_tunnel *t)
 {
     while (t->early_off < t->head_len) {
@@ -518,10 +578,8 @@ static bool send_early(dt_tunnel *t)
 
 static void start_pumping(dt_tunnel *t)
 {
-    if (!pipe_open(&t->cu, t->cfd, t->ufd) || !pipe_open(&t->uc, t->ufd, t->cfd)) {
-        tunnel_free(t);
-        return;
-    }
+    pump_init(&t->cu, t->cfd, t->ufd);
+    pump_init(&t->uc, t->ufd, t->cfd);
     t->state = T_OPEN;
     t->deadline = dt_now_ms() + t->cfg->timeouts.idle_ms;
     if (!send_early(t)) {
@@ -530,7 +588,7 @@ static void start_pumping(dt_tunnel *t)
         tunnel_free(t);
         return;
     }
-    pump_both(t);
+    pump_both(t, 0, 0);
 }
 
 /* ------------------------------------------------------------ triage */
@@ -554,7 +612,6 @@ static void tunnel_start(dt_peek *pk)
     t->cfg = dt_config_ref(w->cfg);
     t->cfd = pk->fd;
     t->ufd = -1;
-    t->cu.pipe[0] = t->cu.pipe[1] = t->uc.pipe[0] = t->uc.pipe[1] = -1;
     t->state = T_HEAD;
     t->deadline = pk->init.accepted_ms + t->cfg->timeouts.header_ms;
     t->client_sa = pk->sa;
@@ -666,13 +723,12 @@ void dt_tunnel_event(dt_worker *w, dt_ev *ev, uint32_t events)
         break;
     case T_OPEN:
     case T_FLUSH:
-        pump_both(t);
+        pump_both(t, ev->kind == DT_EV_TUNNEL ? events : 0, ev->kind == DT_EV_TUNNEL_UP ? events : 0);
         break;
     case T_RESOLVING:
     case T_DEAD:
         break;
     }
-    (void)events;
 }
 
 /* ------------------------------------------------------------ time */
@@ -722,6 +778,8 @@ void dt_tunnel_close_all(dt_worker *w)
     while (!dt_list_empty(&w->tunnels))
         tunnel_free(dt_container_of(w->tunnels.next, dt_tunnel, link));
     dt_tunnel_reap(w);
+    free(w->tunnel_buf);
+    w->tunnel_buf = NULL;
 }
 
 void dt_tunnel_reap(dt_worker *w)

@@ -789,8 +789,8 @@ static void test_connect_slow_head(void **state)
 
 /*
  * 100 MB down a tunnel to a client that reads slowly at first: detour keeps
- * only what its pipes hold (no user-space buffering, so its RSS does not
- * grow) and does not spin while the client is slow; then everything arrives
+ * nothing of its own (bytes wait in the kernel's socket buffers, so its RSS
+ * does not grow) and does not spin while the client is slow; then everything arrives
  * with the right SHA-256.
  */
 static void test_tunnel_download_backpressure(void **state)
@@ -821,7 +821,7 @@ static void test_tunnel_download_backpressure(void **state)
     long rss1 = th_proc_vmrss_kb(e->detour.pid);
     print_message("slow phase: %.1f s, detour CPU %.2f s, RSS %ld -> %ld KiB\n", wall, cpu, rss0,
                   rss1);
-    /* A busy loop on a full pipe would burn a whole core for the whole phase. */
+    /* A busy loop on a full socket would burn a whole core for the whole phase. */
     assert_true(cpu < 0.3 * wall);
     if (!th_proc_sanitized(e->detour.pid))
         assert_true(rss1 - rss0 < 16 * 1024);
@@ -887,7 +887,7 @@ static void test_tunnel_upload_backpressure(void **state)
 
 /*
  * The origin sends 8 MiB and closes while most of it still sits in detour's
- * pipe and socket buffers (the client has a small receive buffer and waits
+ * socket buffers (the client has a small receive buffer and waits
  * before reading): all of it is delivered, then the client sees the close.
  */
 static void test_tunnel_upstream_close_flushes(void **state)
