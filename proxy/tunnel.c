@@ -18,10 +18,9 @@
  * recv(MSG_TRUNC) drops from the source exactly what the destination took.
  * Bytes the destination cannot take yet stay in the source's kernel receive
  * buffer, so a tunnel owns no memory of its own and a slow side holds the
- * other back through TCP's own flow control. This beats splice() through a
- * pipe on Linux loopback and virtual NICs: two copies of large chunks cost
- * less than splice's page-by-page bookkeeping on both sockets (measured in
- * docs/performance.md).
+ * other back through TCP's own flow control. Measured against splice()
+ * through a pipe (docs/performance.md): two copies of large chunks cost less
+ * than sending spliced page references, 0.95x of a direct stream vs 0.59x.
  */
 #include <arpa/inet.h>
 #include <errno.h>
