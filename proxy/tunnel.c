@@ -9,9 +9,10 @@
  *
  * Life of a tunnel: HEAD (reading the head) -> RESOLVING -> CONNECTING ->
  * REPLY (our answer is being written) -> OPEN (pumping) -> FLUSH (one side
- * ended; delivering what the other side had sent by then) -> freed. An error
- * answer goes REPLY -> freed. Every state has a deadline checked by
- * dt_tunnel_sweep().
+ * ended; delivering what the other side had sent by then) -> LINGER (both
+ * sides shut for writing; what they still send is read and dropped until
+ * they close) -> freed. An error answer goes REPLY -> LINGER -> freed. Every
+ * state has a deadline checked by dt_tunnel_sweep().
  *
  * Pumping peeks, sends, then discards: recv(MSG_PEEK) copies what the source
  * holds into the worker's scratch buffer, send() passes it on, and
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -44,6 +46,7 @@
  * has one such buffer, whatever the number of tunnels). */
 #define DT_TUNNEL_CHUNK (4 * 1024 * 1024)
 #define PUMP_ROUNDS 16
+#define DT_LINGER_MS 2000 /* how long a closing tunnel waits for its peers to close */
 #define PUMP_MIN (16 * 1024) /* smallest peek after the destination took part of one */
 
 typedef struct dt_peek {
@@ -57,7 +60,16 @@ typedef struct dt_peek {
     dt_list link;
 } dt_peek;
 
-typedef enum tstate { T_HEAD, T_RESOLVING, T_CONNECTING, T_REPLY, T_OPEN, T_FLUSH, T_DEAD } tstate;
+typedef enum tstate {
+    T_HEAD,
+    T_RESOLVING,
+    T_CONNECTING,
+    T_REPLY,
+    T_OPEN,
+    T_FLUSH,
+    T_LINGER,
+    T_DEAD
+} tstate;
 
 typedef struct pump {
     int src, dst;
@@ -83,6 +95,9 @@ typedef struct dt_tunnel {
     char reply[1024];
     size_t reply_len, reply_off;
     bool close_after_reply;
+    bool logged;
+    uint64_t linger_unacked; /* LINGER: bytes the peers had not acknowledged at the last look */
+    int64_t linger_moved_ms; /* LINGER: when they last acknowledged some */
     dt_resolve *res;
     struct addrinfo *ai, *ai_next;
     bool name_allowed;
@@ -150,7 +165,7 @@ static void tunnel_free(dt_tunnel *t)
 {
     dt_worker *w = t->w;
 
-    if (t->status != 0)
+    if (t->status != 0 && !t->logged)
         log_tunnel(t);
     set_mask(w, t->cfd, &t->cmask, 0, &t->cev);
     set_mask(w, t->ufd, &t->umask, 0, &t->uev);
@@ -209,6 +224,78 @@ static void reply_ok(dt_tunnel *t)
 static void start_pumping(dt_tunnel *t);
 
 /* Returns false when the tunnel was freed. */
+/* ------------------------------------------------------------ closing */
+
+static char *scratch_of(dt_worker *w);
+
+/* Read and drop what one side still sends; close it at its end. */
+static void linger_side(dt_tunnel *t, int *fd, uint32_t *mask, dt_ev *ev, char *buf)
+{
+    for (int i = 0; *fd >= 0 && i < PUMP_ROUNDS; i++) {
+        ssize_t n = recv(*fd, buf, DT_TUNNEL_CHUNK, MSG_TRUNC | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            set_mask(t->w, *fd, mask, EPOLLIN, ev);
+            return;
+        }
+        if (n <= 0) {
+            set_mask(t->w, *fd, mask, 0, ev);
+            close_fd(fd);
+        }
+    }
+}
+
+static void linger_run(dt_tunnel *t)
+{
+    char *buf = scratch_of(t->w);
+
+    if (buf == NULL) {
+        tunnel_free(t);
+        return;
+    }
+    linger_side(t, &t->cfd, &t->cmask, &t->cev, buf);
+    linger_side(t, &t->ufd, &t->umask, &t->uev, buf);
+    if (t->cfd < 0 && t->ufd < 0)
+        tunnel_free(t);
+}
+
+/* Bytes sent to the peers and not yet acknowledged by them. */
+static uint64_t linger_unacked(const dt_tunnel *t)
+{
+    uint64_t sum = 0;
+    int q;
+
+    if (t->cfd >= 0 && ioctl(t->cfd, SIOCOUTQ, &q) == 0 && q > 0)
+        sum += (uint64_t)q;
+    if (t->ufd >= 0 && ioctl(t->ufd, SIOCOUTQ, &q) == 0 && q > 0)
+        sum += (uint64_t)q;
+    return sum;
+}
+
+/*
+ * Close without losing the last bytes. A socket closed with unread data
+ * sends a reset, and a reset makes the system drop what detour had queued
+ * for the peer but not yet sent; so both sides are shut for writing (their
+ * queued bytes go out, then an end), and what they still send is read and
+ * dropped until they close. The wait ends DT_LINGER_MS after the peers have
+ * everything, or when a peer stops taking bytes for timeouts.idle_ms (see
+ * dt_tunnel_sweep).
+ */
+static void linger_start(dt_tunnel *t)
+{
+    if (t->status != 0 && !t->logged)
+        log_tunnel(t); /* the tunnel's life ends here, not when the peers hang up */
+    t->logged = true;
+    if (t->cfd >= 0)
+        shutdown(t->cfd, SHUT_WR);
+    if (t->ufd >= 0)
+        shutdown(t->ufd, SHUT_WR);
+    t->state = T_LINGER;
+    t->linger_unacked = linger_unacked(t);
+    t->linger_moved_ms = dt_now_ms();
+    t->deadline = t->linger_moved_ms + DT_LINGER_MS;
+    linger_run(t);
+}
+
 static bool write_reply(dt_tunnel *t)
 {
     while (t->reply_off < t->reply_len) {
@@ -223,7 +310,7 @@ static bool write_reply(dt_tunnel *t)
         t->reply_off += (size_t)n;
     }
     if (t->close_after_reply) {
-        tunnel_free(t);
+        linger_start(t);
         return false;
     }
     start_pumping(t);
@@ -553,7 +640,7 @@ static void pump_both(dt_tunnel *t, uint32_t cev, uint32_t uev)
     }
     if (t->state == T_FLUSH && !pump_wants_input(&t->cu) && !pump_wants_input(&t->uc) &&
         !t->cu.blocked && !t->uc.blocked) {
-        tunnel_free(t);
+        linger_start(t);
         return;
     }
     update_masks(t);
@@ -720,6 +807,9 @@ void dt_tunnel_event(dt_worker *w, dt_ev *ev, uint32_t events)
         if (ev->kind == DT_EV_TUNNEL)
             write_reply(t);
         break;
+    case T_LINGER:
+        linger_run(t);
+        break;
     case T_OPEN:
     case T_FLUSH:
         pump_both(t, ev->kind == DT_EV_TUNNEL ? events : 0, ev->kind == DT_EV_TUNNEL_UP ? events : 0);
@@ -757,6 +847,19 @@ void dt_tunnel_sweep(dt_worker *w, int64_t now)
             reply_error(t, 504, "connecting to the destination timed out");
             t->deadline = now + 1000;
             break;
+        case T_LINGER: {
+            /* Still delivering: wait while the peers take bytes, and up to
+             * idle_ms after they last did. */
+            uint64_t unacked = linger_unacked(t);
+            if (unacked < t->linger_unacked)
+                t->linger_moved_ms = now;
+            t->linger_unacked = unacked;
+            if (unacked > 0 && now - t->linger_moved_ms < t->cfg->timeouts.idle_ms)
+                t->deadline = now + DT_LINGER_MS;
+            else
+                tunnel_free(t);
+            break;
+        }
         default:
             tunnel_free(t); /* idle tunnel, or an answer the client never read */
             break;

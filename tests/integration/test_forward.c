@@ -26,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <cmocka.h>
@@ -916,6 +917,171 @@ static void test_tunnel_upstream_close_flushes(void **state)
     close(fd);
 }
 
+/*
+ * A careful origin: answers at once (before the request body is in), ends
+ * its side, then reads what the client still sends until the client closes.
+ */
+typedef struct early_origin {
+    int lfd, port;
+    uint64_t answer_bytes;
+    pthread_t thread;
+    bool answered;
+} early_origin;
+
+static void *early_origin_main(void *arg)
+{
+    early_origin *o = arg;
+    struct pollfd p = {.fd = o->lfd, .events = POLLIN};
+    static char buf[64 * 1024];
+    if (poll(&p, 1, 10000) != 1)
+        return NULL;
+    int fd = accept(o->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    size_t have = 0;
+    while (have < sizeof(buf) - 1) { /* the request head */
+        ssize_t n = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
+        if (n <= 0)
+            goto out;
+        have += (size_t)n;
+        buf[have] = '\0';
+        if (strstr(buf, "\r\n\r\n") != NULL)
+            break;
+    }
+    char head[128];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 413 Content Too Large\r\nContent-Length: %llu\r\n"
+                      "Connection: close\r\n\r\n",
+                      (unsigned long long)o->answer_bytes);
+    if (th_send_all(fd, head, (size_t)hl, 10000) != 0)
+        goto out;
+    th_pattern_src src;
+    char hex[65];
+    bool sent_all = true;
+    th_pattern_src_init(&src, o->answer_bytes);
+    for (;;) {
+        size_t k = th_pattern_gen(&src, buf, sizeof(buf));
+        if (k == 0)
+            break;
+        if (th_send_all(fd, buf, k, 10000) != 0) {
+            sent_all = false;
+            break;
+        }
+    }
+    o->answered = sent_all;
+    th_sha_final(&src.sha, hex); /* frees the digest's state */
+    shutdown(fd, SHUT_WR);
+    int64_t until = th_now_ms() + 15000;
+    while (th_now_ms() < until && recv(fd, buf, sizeof(buf), 0) > 0)
+        ;
+out:
+    close(fd);
+    return NULL;
+}
+
+/*
+ * The origin answers a large upload early and ends its side while the
+ * client is still sending. detour must not reset the client's connection
+ * when it closes the tunnel (a close with unread bytes sends a reset, which
+ * drops whatever detour had not yet delivered): the whole answer arrives,
+ * then an orderly end.
+ */
+static void test_tunnel_close_keeps_last_bytes(void **state)
+{
+    th_env *e = env_of(state);
+    early_origin o = {.answer_bytes = 4 * MIB};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    char fw[128], authority[64], head[1024], want[65], got[65];
+    int status;
+
+    o.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(o.lfd >= 0);
+    assert_int_equal(bind(o.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(o.lfd, 4), 0);
+    assert_int_equal(getsockname(o.lfd, (struct sockaddr *)&a, &alen), 0);
+    o.port = ntohs(a.sin_port);
+    snprintf(fw, sizeof(fw), "connect_ports = [%d];", o.port);
+    start_forward(e, NULL, fw, NULL);
+    assert_int_equal(pthread_create(&o.thread, NULL, early_origin_main, &o), 0);
+
+    snprintf(authority, sizeof(authority), "127.0.0.1:%d", o.port);
+    int fd = open_tunnel(e, authority, head, sizeof(head), &status);
+    assert_int_equal(status, 200);
+    int small = 16 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    assert_int_equal(th_send_str(fd, "PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
+                                 3000), 0);
+
+    /* Keep uploading while reading the answer at about 8 MB/s, as a client
+     * does that has not noticed the early answer yet. */
+    static char up[64 * 1024], in[16 * 1024];
+    memset(up, 'u', sizeof(up));
+    th_sha sha;
+    assert_int_equal(th_sha_init(&sha), 0);
+    char resp_head[1024];
+    size_t head_len = 0;
+    bool head_done = false, ended = false;
+    uint64_t body = 0;
+    int reset_err = 0;
+    int64_t start = th_now_ms(), deadline = start + 30000;
+    while (!ended && th_now_ms() < deadline) {
+        struct pollfd p = {.fd = fd, .events = POLLIN | POLLOUT};
+        if (poll(&p, 1, 1000) < 0)
+            break;
+        if ((p.revents & POLLOUT) && send(fd, up, sizeof(up), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
+            errno != EAGAIN && errno != EINTR && reset_err == 0)
+            reset_err = errno; /* a reset shows on whichever call comes first */
+        if (!(p.revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        ssize_t n = recv(fd, in, sizeof(in), MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0) {
+            if (n < 0 && reset_err == 0)
+                reset_err = errno;
+            ended = true;
+            break;
+        }
+        size_t off = 0;
+        if (!head_done) {
+            size_t k = (size_t)n < sizeof(resp_head) - 1 - head_len ? (size_t)n
+                                                                    : sizeof(resp_head) - 1 - head_len;
+            memcpy(resp_head + head_len, in, k);
+            head_len += k;
+            resp_head[head_len] = '\0';
+            char *end = strstr(resp_head, "\r\n\r\n");
+            if (end == NULL)
+                continue;
+            head_done = true;
+            off = k - (head_len - (size_t)(end + 4 - resp_head));
+        }
+        th_sha_update(&sha, in + off, (size_t)n - off);
+        body += (uint64_t)n - off;
+        int64_t due = start + (int64_t)(body / 8000);
+        if (due > th_now_ms())
+            th_sleep_ms((int)(due - th_now_ms()));
+    }
+    print_message("answer: %llu of %llu body bytes, end: %s\n", (unsigned long long)body,
+                  (unsigned long long)o.answer_bytes, reset_err ? strerror(reset_err) : "orderly");
+    close(fd);
+    pthread_join(o.thread, NULL);
+    close(o.lfd);
+
+    assert_true(o.answered);
+    assert_true(head_done);
+    assert_int_equal(th_parse_status(resp_head, head_len), 413);
+    assert_true(ended);
+    assert_int_equal(reset_err, 0); /* an end, not a reset */
+    assert_true(body == o.answer_bytes);
+    th_sha_final(&sha, got);
+    th_pattern_sha256(o.answer_bytes, want);
+    assert_string_equal(got, want);
+}
+
 /* The client goes away: detour closes the origin's side as well. */
 static void test_tunnel_client_close_closes_upstream(void **state)
 {
@@ -1347,6 +1513,7 @@ int main(void)
         T(test_tunnel_download_backpressure),
         T(test_tunnel_upload_backpressure),
         T(test_tunnel_upstream_close_flushes),
+        T(test_tunnel_close_keeps_last_bytes),
         T(test_tunnel_client_close_closes_upstream),
         T(test_tunnel_idle_timeout),
         T(test_client_access),
