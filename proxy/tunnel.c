@@ -231,15 +231,18 @@ static char *scratch_of(dt_worker *w);
 /* Read and drop what one side still sends; close it at its end. */
 static void linger_side(dt_tunnel *t, int *fd, uint32_t *mask, dt_ev *ev, char *buf)
 {
-    for (int i = 0; *fd >= 0 && i < PUMP_ROUNDS; i++) {
+    if (*fd < 0)
+        return;
+    /* Only input now: a socket shut for writing always reads as writable. */
+    set_mask(t->w, *fd, mask, EPOLLIN, ev);
+    for (int i = 0; i < PUMP_ROUNDS; i++) {
         ssize_t n = recv(*fd, buf, DT_TUNNEL_CHUNK, MSG_TRUNC | MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            set_mask(t->w, *fd, mask, EPOLLIN, ev);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
-        }
         if (n <= 0) {
             set_mask(t->w, *fd, mask, 0, ev);
             close_fd(fd);
+            return;
         }
     }
 }
