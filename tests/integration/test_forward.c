@@ -4,7 +4,8 @@
  * with Host replaced by the target's authority, routes applied to them,
  * CONNECT tunnels driven by curl --proxytunnel and by raw sockets (the 200
  * head, malformed lines, 403/431/408/502/504/508, bulk transfers with
- * backpressure, close propagation, idle timeout), access control with and
+ * backpressure, close propagation, orderly close while a peer still sends
+ * and its time bound, idle timeout), access control with and
  * without a forward block, loops, and Max-Forwards for TRACE and OPTIONS in
  * the forward, reverse and transparent modes (transparent here without
  * kernel redirection, so the Host header decides; the redirected case is
@@ -989,97 +990,176 @@ out:
  * drops whatever detour had not yet delivered): the whole answer arrives,
  * then an orderly end.
  */
-static void test_tunnel_close_keeps_last_bytes(void **state)
+/* Listen for early_origin_main on an ephemeral port and start detour with CONNECT allowed to it. */
+static void early_origin_start(th_env *e, early_origin *o)
 {
-    th_env *e = env_of(state);
-    early_origin o = {.answer_bytes = 4 * MIB};
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t alen = sizeof(a);
-    char fw[128], authority[64], head[1024], want[65], got[65];
-    int status;
+    char fw[128];
 
-    o.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(o.lfd >= 0);
-    assert_int_equal(bind(o.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(o.lfd, 4), 0);
-    assert_int_equal(getsockname(o.lfd, (struct sockaddr *)&a, &alen), 0);
-    o.port = ntohs(a.sin_port);
-    snprintf(fw, sizeof(fw), "connect_ports = [%d];", o.port);
+    o->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(o->lfd >= 0);
+    assert_int_equal(bind(o->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(o->lfd, 4), 0);
+    assert_int_equal(getsockname(o->lfd, (struct sockaddr *)&a, &alen), 0);
+    o->port = ntohs(a.sin_port);
+    snprintf(fw, sizeof(fw), "connect_ports = [%d];", o->port);
     start_forward(e, NULL, fw, NULL);
-    assert_int_equal(pthread_create(&o.thread, NULL, early_origin_main, &o), 0);
+    assert_int_equal(pthread_create(&o->thread, NULL, early_origin_main, o), 0);
+}
 
-    snprintf(authority, sizeof(authority), "127.0.0.1:%d", o.port);
+/* A tunnel to the early origin with a large upload announced. */
+static int early_origin_tunnel(th_env *e, const early_origin *o)
+{
+    char authority[64], head[1024];
+    int status;
+    snprintf(authority, sizeof(authority), "127.0.0.1:%d", o->port);
     int fd = open_tunnel(e, authority, head, sizeof(head), &status);
     assert_int_equal(status, 200);
     int small = 16 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     assert_int_equal(th_send_str(fd, "PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n",
                                  3000), 0);
+    return fd;
+}
 
-    /* Keep uploading while reading the answer at about 8 MB/s, as a client
-     * does that has not noticed the early answer yet. */
-    static char up[64 * 1024], in[16 * 1024];
+typedef struct upload_read {
+    char head[1024];
+    size_t head_len;
+    bool head_done;
+    bool ended;     /* the answer's end was read */
+    int reset_err;  /* errno of the first failed send or receive, 0 if none */
+    uint64_t body;  /* answer body bytes read */
+    th_sha sha;     /* of the body */
+} upload_read;
+
+/* Send whenever the socket takes bytes: what a client still uploading does. */
+static void upload_some(int fd, upload_read *u)
+{
+    static char up[64 * 1024];
     memset(up, 'u', sizeof(up));
-    th_sha sha;
-    assert_int_equal(th_sha_init(&sha), 0);
-    char resp_head[1024];
-    size_t head_len = 0;
-    bool head_done = false, ended = false;
-    uint64_t body = 0;
-    int reset_err = 0;
-    int64_t start = th_now_ms(), deadline = start + 30000;
-    while (!ended && th_now_ms() < deadline) {
+    if (send(fd, up, sizeof(up), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno != EAGAIN &&
+        errno != EINTR && u->reset_err == 0)
+        u->reset_err = errno; /* a reset shows on whichever call comes first */
+}
+
+/*
+ * Keep uploading while reading the answer at about BPS bytes/s until its
+ * end, a reset or TIMEOUT_MS, as a client does that has not noticed an
+ * early answer yet.
+ */
+static void upload_while_reading(int fd, upload_read *u, uint64_t bps, int timeout_ms)
+{
+    static char in[16 * 1024];
+    int64_t start = th_now_ms(), deadline = start + timeout_ms;
+    memset(u, 0, sizeof(*u));
+    assert_int_equal(th_sha_init(&u->sha), 0);
+    while (!u->ended && u->reset_err == 0 && th_now_ms() < deadline) {
         struct pollfd p = {.fd = fd, .events = POLLIN | POLLOUT};
         if (poll(&p, 1, 1000) < 0)
             break;
-        if ((p.revents & POLLOUT) && send(fd, up, sizeof(up), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
-            errno != EAGAIN && errno != EINTR && reset_err == 0)
-            reset_err = errno; /* a reset shows on whichever call comes first */
+        if (p.revents & POLLOUT)
+            upload_some(fd, u);
         if (!(p.revents & (POLLIN | POLLHUP | POLLERR)))
             continue;
         ssize_t n = recv(fd, in, sizeof(in), MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             continue;
         if (n <= 0) {
-            if (n < 0 && reset_err == 0)
-                reset_err = errno;
-            ended = true;
+            if (n < 0 && u->reset_err == 0)
+                u->reset_err = errno;
+            u->ended = true;
             break;
         }
         size_t off = 0;
-        if (!head_done) {
-            size_t k = (size_t)n < sizeof(resp_head) - 1 - head_len ? (size_t)n
-                                                                    : sizeof(resp_head) - 1 - head_len;
-            memcpy(resp_head + head_len, in, k);
-            head_len += k;
-            resp_head[head_len] = '\0';
-            char *end = strstr(resp_head, "\r\n\r\n");
+        if (!u->head_done) {
+            size_t room = sizeof(u->head) - 1 - u->head_len;
+            size_t k = (size_t)n < room ? (size_t)n : room;
+            memcpy(u->head + u->head_len, in, k);
+            u->head_len += k;
+            u->head[u->head_len] = '\0';
+            char *end = strstr(u->head, "\r\n\r\n");
             if (end == NULL)
                 continue;
-            head_done = true;
-            off = k - (head_len - (size_t)(end + 4 - resp_head));
+            u->head_done = true;
+            off = k - (u->head_len - (size_t)(end + 4 - u->head));
         }
-        th_sha_update(&sha, in + off, (size_t)n - off);
-        body += (uint64_t)n - off;
-        int64_t due = start + (int64_t)(body / 8000);
+        th_sha_update(&u->sha, in + off, (size_t)n - off);
+        u->body += (uint64_t)n - off;
+        int64_t due = start + (int64_t)(u->body * 1000 / bps);
         if (due > th_now_ms())
             th_sleep_ms((int)(due - th_now_ms()));
     }
-    print_message("answer: %llu of %llu body bytes, end: %s\n", (unsigned long long)body,
-                  (unsigned long long)o.answer_bytes, reset_err ? strerror(reset_err) : "orderly");
+}
+
+/*
+ * The origin answers a large upload early and ends its side while the
+ * client is still sending. detour must not reset the client's connection
+ * when it closes the tunnel (a close with unread bytes sends a reset, which
+ * drops whatever detour had not yet delivered): the whole answer arrives,
+ * then an orderly end.
+ */
+static void test_tunnel_close_keeps_last_bytes(void **state)
+{
+    th_env *e = env_of(state);
+    early_origin o = {.answer_bytes = 4 * MIB};
+    upload_read u;
+    char want[65], got[65];
+
+    early_origin_start(e, &o);
+    int fd = early_origin_tunnel(e, &o);
+    upload_while_reading(fd, &u, 8000000, 30000);
+    print_message("answer: %llu of %llu body bytes, end: %s\n", (unsigned long long)u.body,
+                  (unsigned long long)o.answer_bytes, u.reset_err ? strerror(u.reset_err) : "orderly");
     close(fd);
     pthread_join(o.thread, NULL);
     close(o.lfd);
+    th_sha_final(&u.sha, got);
 
     assert_true(o.answered);
-    assert_true(head_done);
-    assert_int_equal(th_parse_status(resp_head, head_len), 413);
-    assert_true(ended);
-    assert_int_equal(reset_err, 0); /* an end, not a reset */
-    assert_true(body == o.answer_bytes);
-    th_sha_final(&sha, got);
+    assert_true(u.head_done);
+    assert_int_equal(th_parse_status(u.head, u.head_len), 413);
+    assert_true(u.ended);
+    assert_int_equal(u.reset_err, 0); /* an end, not a reset */
+    assert_true(u.body == o.answer_bytes);
     th_pattern_sha256(o.answer_bytes, want);
     assert_string_equal(got, want);
+}
+
+/*
+ * The same, but the client never stops sending: once the answer is
+ * delivered, detour stops waiting for it after about two seconds (it does not
+ * hold the connection open for as long as a peer keeps talking).
+ */
+static void test_tunnel_linger_is_bounded(void **state)
+{
+    th_env *e = env_of(state);
+    early_origin o = {.answer_bytes = 1000};
+    upload_read u;
+    char hex[65];
+
+    early_origin_start(e, &o);
+    int fd = early_origin_tunnel(e, &o);
+    upload_while_reading(fd, &u, 1000000, 10000);
+    th_sha_final(&u.sha, hex);
+    assert_true(u.ended);
+    assert_int_equal(u.reset_err, 0);
+    assert_true(u.body == o.answer_bytes);
+
+    int64_t t0 = th_now_ms();
+    while (u.reset_err == 0 && th_now_ms() - t0 < 15000) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 200) > 0)
+            upload_some(fd, &u);
+    }
+    int64_t took = th_now_ms() - t0;
+    print_message("still sending after the end: cut off after %lld ms (%s)\n", (long long)took,
+                  u.reset_err ? strerror(u.reset_err) : "never");
+    close(fd);
+    pthread_join(o.thread, NULL);
+    close(o.lfd);
+    assert_true(u.reset_err == ECONNRESET || u.reset_err == EPIPE);
+    assert_true(took >= 1000 && took < 8000);
 }
 
 /* The client goes away: detour closes the origin's side as well. */
@@ -1514,6 +1594,7 @@ int main(void)
         T(test_tunnel_upload_backpressure),
         T(test_tunnel_upstream_close_flushes),
         T(test_tunnel_close_keeps_last_bytes),
+        T(test_tunnel_linger_is_bounded),
         T(test_tunnel_client_close_closes_upstream),
         T(test_tunnel_idle_timeout),
         T(test_client_access),
