@@ -261,7 +261,8 @@ enum MHD_Result dt_front_on_head(dt_req *r, const char *method, const char *vers
     r->method_len = strlen(method);
     r->version = version;
     r->is_head = strcmp(method, "HEAD") == 0;
-    snprintf(r->scheme, sizeof r->scheme, "%s", r->conn->tls ? "https" : "http");
+    const char *scheme = r->conn->tls ? "https" : "http";
+    memcpy(r->scheme, scheme, strlen(scheme) + 1); /* fits: scheme[8] */
     dt_list_remove(&r->conn->head_link);
     r->conn->head_since = 0;
 

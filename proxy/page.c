@@ -84,27 +84,48 @@ size_t dt_html_escape(char *out, size_t cap, dt_str s)
     return n;
 }
 
-#define REDIRECT_HEAD                                                                              \
-    "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n<body><h1>%s</h1>\n<p>The "         \
-    "document is at <a href=\""
+/* Append S to OUT if it fits; count it either way (snprintf's convention). */
+static void put(char *out, size_t cap, size_t *n, const char *s, size_t len)
+{
+    if (*n + len <= cap)
+        memcpy(out + *n, s, len);
+    *n += len;
+}
+
+#define PUT_LIT(lit) put(out, cap, &n, lit, sizeof(lit) - 1)
+#define REDIRECT_OPEN "<!DOCTYPE html>\n<html><head><title>"
+#define REDIRECT_MID "</title></head>\n<body><h1>"
+#define REDIRECT_LINK "</h1>\n<p>The document is at <a href=\""
 #define REDIRECT_TAIL "\">this location</a>.</p></body></html>\n"
+#define REASON_MAX 32 /* longer than any reason phrase dt_status_reason returns */
 
 size_t dt_page_redirect_size(dt_str location)
 {
-    /* Escaping at most multiplies a byte by six ("&quot;"). */
-    return sizeof(REDIRECT_HEAD) + 64 + location.n * 6 + sizeof(REDIRECT_TAIL);
+    /* The status code and a space, the reason twice, and the location:
+     * escaping at most multiplies a byte by six ("&quot;"). */
+    return sizeof(REDIRECT_OPEN) + 4 + REASON_MAX + sizeof(REDIRECT_MID) + REASON_MAX +
+           sizeof(REDIRECT_LINK) + location.n * 6 + sizeof(REDIRECT_TAIL);
 }
 
+/* Built by appending rather than with snprintf: it runs for every redirect. */
 size_t dt_page_redirect(char *out, size_t cap, int status, dt_str location)
 {
     const char *reason = dt_status_reason(status);
-    int head = snprintf(out, cap, REDIRECT_HEAD, status, reason, reason);
-    size_t n = head < 0 ? 0 : (size_t)head;
+    size_t rlen = strlen(reason), n = 0;
+    char code[4] = {(char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                    (char)('0' + status % 10), ' '};
 
+    PUT_LIT(REDIRECT_OPEN);
+    put(out, cap, &n, code, sizeof code);
+    put(out, cap, &n, reason, rlen);
+    PUT_LIT(REDIRECT_MID);
+    put(out, cap, &n, reason, rlen);
+    PUT_LIT(REDIRECT_LINK);
     n += dt_html_escape(n < cap ? out + n : out, n < cap ? cap - n : 0, location);
-    if (n + sizeof(REDIRECT_TAIL) <= cap)
-        memcpy(out + n, REDIRECT_TAIL, sizeof(REDIRECT_TAIL));
-    return n + sizeof(REDIRECT_TAIL) - 1;
+    PUT_LIT(REDIRECT_TAIL);
+    if (n < cap)
+        out[n] = '\0';
+    return n;
 }
 
 size_t dt_page_error(char *out, size_t cap, int status, const char *detail)
