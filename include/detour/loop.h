@@ -297,7 +297,7 @@ typedef struct dt_worker {
     dt_list tunnels;              /* open CONNECT tunnels */
     dt_list dead_tunnels;         /* closed this iteration; freed at its end */
     dt_list peeks;                /* new forward-mode connections, waiting for their first bytes */
-    char *tunnel_buf;             /* tunnels' pumping buffer, made on first use (tunnel.c) */
+    char *tunnel_buf;             /* tunnels' pump scratch (DT_PUMP_CHUNK), made on first use */
     struct sockaddr_storage *local_addrs; /* this host's addresses (loop checks) */
     size_t nlocal;
 

@@ -10,12 +10,13 @@
  * A tunnel reads and checks the CONNECT head (port in forward.connect_ports,
  * client and destination allowed, not a loop), resolves and connects without
  * blocking, answers 200 (no Content-Length, no Transfer-Encoding), then moves
- * bytes both ways: peek at what one side holds, send it to the other, drop
- * from the first side what the second took. What cannot move yet stays in
- * the kernel's socket buffers, so TCP's flow control holds a fast side back
+ * bytes both ways with two pumps (pump.h): what cannot move yet stays in the
+ * kernel's socket buffers, so TCP's flow control holds a fast side back
  * (backpressure) and a tunnel owns no buffer of its own. When either side
- * closes, what the other side had sent by then is delivered and both sides
- * are closed. A tunnel with no traffic for timeouts.idle_ms is closed.
+ * closes, what the other side had sent by then is delivered, both sides are
+ * shut for writing, and what the peers still send is dropped until they
+ * close (no reset that would lose the last bytes). A tunnel with no traffic
+ * for timeouts.idle_ms is closed.
  *
  * All functions run on the worker's thread.
  */
