@@ -66,7 +66,8 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
     r->w = w;
     r->conn = k;
     r->mhd = c;
-    r->cfg = dt_config_ref(w->cfg);
+    r->lease = dt_worker_lease(w);
+    r->cfg = r->lease->cfg;
     r->refs = 1;
     r->content_length = -1;
     r->resp_length = -1;
@@ -102,7 +103,7 @@ void dt_front_req_unref(dt_req *r)
         free(r->up_target);
     if (r->target != r->target_inline)
         free(r->target);
-    dt_config_unref(r->cfg);
+    dt_lease_drop(r->lease);
     dt_cache_put(&r->w->req_cache, r);
 }
 

@@ -67,7 +67,8 @@ typedef enum tstate {
 typedef struct dt_tunnel {
     dt_ev cev, uev;
     dt_worker *w;
-    dt_config *cfg;
+    dt_cfg_lease *lease;
+    dt_config *cfg; /* lease->cfg */
     tstate state;
     int cfd, ufd;
     uint32_t cmask, umask;
@@ -611,7 +612,8 @@ static void tunnel_start(dt_peek *pk)
     t->cev.kind = DT_EV_TUNNEL;
     t->uev.kind = DT_EV_TUNNEL_UP;
     t->w = w;
-    t->cfg = dt_config_ref(w->cfg);
+    t->lease = dt_worker_lease(w);
+    t->cfg = t->lease->cfg;
     t->cfd = pk->fd;
     t->ufd = -1;
     t->state = T_HEAD;
@@ -806,7 +808,7 @@ void dt_tunnel_reap(dt_worker *w)
         dt_tunnel *t = dt_container_of(w->dead_tunnels.next, dt_tunnel, link);
         dt_list_remove(&t->link);
         free(t->head);
-        dt_config_unref(t->cfg);
+        dt_lease_drop(t->lease);
         free(t);
     }
 }

@@ -312,6 +312,43 @@ static void start_drain(dt_worker *w)
     dt_tunnel_close_peeks(w);
 }
 
+static dt_cfg_lease *lease_new(dt_config *cfg)
+{
+    dt_cfg_lease *l = calloc(1, sizeof *l);
+
+    if (l != NULL)
+        l->cfg = dt_config_ref(cfg);
+    return l;
+}
+
+static void lease_free(dt_cfg_lease *l)
+{
+    dt_config_unref(l->cfg);
+    free(l);
+}
+
+/* W no longer hands out L; it goes when its last user gives it back. */
+static void lease_retire(dt_cfg_lease *l)
+{
+    if (l == NULL)
+        return;
+    l->retired = true;
+    if (l->users == 0)
+        lease_free(l);
+}
+
+dt_cfg_lease *dt_worker_lease(dt_worker *w)
+{
+    w->lease->users++;
+    return w->lease;
+}
+
+void dt_lease_drop(dt_cfg_lease *l)
+{
+    if (--l->users == 0 && l->retired)
+        lease_free(l);
+}
+
 static void on_wake(dt_worker *w)
 {
     uint64_t v;
@@ -322,9 +359,15 @@ static void on_wake(dt_worker *w)
     bits = atomic_exchange(&w->posted, 0u);
     if (bits & DT_POST_RELOAD) {
         dt_config *cfg = dt_server_config(w->srv);
-        if (cfg != NULL) {
+        dt_cfg_lease *l = cfg != NULL ? lease_new(cfg) : NULL;
+        if (l != NULL) {
+            lease_retire(w->lease);
+            w->lease = l;
             dt_config_unref(w->cfg);
             w->cfg = cfg;
+        } else if (cfg != NULL) {
+            dt_log_error("worker %d: out of memory: the reload waits for the next one", w->index);
+            dt_config_unref(cfg);
         }
     }
     if (bits & DT_POST_LOGROTATE)
@@ -464,6 +507,7 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->index = index;
     w->cfg = dt_config_ref(cfg);
     w->boot_cfg = dt_config_ref(cfg);
+    w->lease = lease_new(cfg);
     w->metrics = dt_metrics_worker_slot(index);
     w->wake_fd = -1;
     w->wake_ev.kind = DT_EV_WAKE;
@@ -477,6 +521,10 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     dt_list_init(&w->dead_tunnels);
     dt_list_init(&w->peeks);
     pthread_mutex_init(&w->resolve_lock, NULL);
+    if (w->lease == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     load_local_addrs(w);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -528,6 +576,7 @@ void dt_worker_destroy(dt_worker *w)
         close(w->wake_fd);
     if (w->epfd >= 0)
         close(w->epfd);
+    lease_retire(w->lease); /* after every request and tunnel gave theirs back */
     dt_config_unref(w->cfg);
     dt_config_unref(w->boot_cfg);
     free(w->local_addrs);

@@ -135,11 +135,26 @@ typedef struct dt_hdr {
 
 #define DT_RESP_HDRS_MAX 128
 
+/*
+ * A worker's share of one config snapshot. Requests and tunnels count
+ * themselves here, on their worker's thread, instead of in the snapshot's
+ * atomic count: that count is shared by every worker, and touching it twice
+ * per request would bounce its cache line between all cores. A lease holds
+ * one reference to its snapshot until it is retired (a reload, or the
+ * worker's end) and its last user has given it back.
+ */
+typedef struct dt_cfg_lease {
+    dt_config *cfg;
+    unsigned users;
+    bool retired;
+} dt_cfg_lease;
+
 typedef struct dt_req {
     struct dt_worker *w;
     dt_conn *conn;
     struct MHD_Connection *mhd;
-    dt_config *cfg; /* reference held for the request's life */
+    dt_cfg_lease *lease; /* taken for the request's life */
+    dt_config *cfg;       /* lease->cfg */
     int refs;
     dt_req_state state;
     dt_wait wait;
@@ -258,6 +273,7 @@ typedef struct dt_worker {
     int wake_fd;             /* eventfd */
     _Atomic unsigned posted; /* DT_POST_* bits set by other threads */
     dt_config *cfg;          /* the snapshot new requests use (one reference) */
+    dt_cfg_lease *lease;     /* cfg's lease: what new requests and tunnels take */
     dt_config *boot_cfg;     /* the snapshot listeners and daemons were made from */
     dt_metrics_worker *metrics;
 
@@ -328,5 +344,11 @@ void dt_worker_log_access(dt_worker *w, const char *line, size_t len);
 bool dt_server_conn_acquire(struct dt_server *srv);
 void dt_server_conn_release(struct dt_server *srv);
 bool dt_server_conn_available(struct dt_server *srv);
+
+/* The lease of W's current snapshot for a new request or tunnel (W's thread). */
+dt_cfg_lease *dt_worker_lease(struct dt_worker *w);
+
+/* Give back a lease from dt_worker_lease; a retired one goes with its last user. */
+void dt_lease_drop(dt_cfg_lease *l);
 
 #endif
