@@ -68,6 +68,7 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
     r->mhd = c;
     r->lease = dt_worker_lease(w);
     r->cfg = r->lease->cfg;
+    r->rh = r->rh_inline;
     r->refs = 1;
     r->content_length = -1;
     r->resp_length = -1;
@@ -93,6 +94,8 @@ void dt_front_req_unref(dt_req *r)
     dt_ring_free(&r->down);
     free(r->small_buf);
     free(r->up_buf);
+    if (r->rh != r->rh_inline)
+        free(r->rh);
     if (r->rh_cap == DT_RH_BLOCK)
         dt_cache_put(&r->w->rh_cache, r->rh_buf);
     else

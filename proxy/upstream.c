@@ -291,6 +291,19 @@ static void trim(const char **p, size_t *n)
         (*n)--;
 }
 
+/* Room for one more header index entry: past the inline ones, the full array on the heap. */
+static bool rh_room(dt_req *r)
+{
+    if (r->nrh < DT_RESP_HDRS_INLINE || r->rh != r->rh_inline)
+        return true;
+    dt_hdr *all = malloc(DT_RESP_HDRS_MAX * sizeof *all);
+    if (all == NULL)
+        return false;
+    memcpy(all, r->rh_inline, sizeof r->rh_inline);
+    r->rh = all;
+    return true;
+}
+
 /* An obs-fold continuation: join it to the previous value with one space (RFC 9112 5.2). */
 static bool fold_continuation(dt_req *r, const char *p, size_t n)
 {
@@ -314,7 +327,7 @@ static bool header_line(dt_req *r, const char *p, size_t n)
     if (fold)
         return fold_continuation(r, p, n);
     const char *colon = memchr(p, ':', n);
-    if (colon == NULL || colon == p || r->nrh == DT_RESP_HDRS_MAX)
+    if (colon == NULL || colon == p || r->nrh == DT_RESP_HDRS_MAX || !rh_room(r))
         return false;
     const char *name = p, *value = colon + 1;
     size_t name_len = (size_t)(colon - p), value_len = n - name_len - 1;

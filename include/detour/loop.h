@@ -134,6 +134,8 @@ typedef struct dt_hdr {
 } dt_hdr;
 
 #define DT_RESP_HDRS_MAX 128
+/* Upstream response headers kept in the request itself; more move to the heap. */
+#define DT_RESP_HDRS_INLINE 24
 
 /*
  * A worker's share of one config snapshot. Requests and tunnels count
@@ -230,9 +232,12 @@ typedef struct dt_req {
     int64_t suspended_at;
     dt_list timer;    /* in worker.up_timers while waiting on the upstream */
     int64_t deadline; /* for timer */
-    /* Last, and not cleared for a new request (only rh[0..nrh) is ever read):
-     * most of the struct's size, most requests never fill it. */
-    dt_hdr rh[DT_RESP_HDRS_MAX];
+    /* The response's header index: rh_inline, or DT_RESP_HDRS_MAX entries
+     * on the heap once a response has more (the request's memory stays
+     * small for the common answer). Only rh[0..nrh) is ever read, so the
+     * inline array is last and not cleared for a new request. */
+    dt_hdr *rh;
+    dt_hdr rh_inline[DT_RESP_HDRS_INLINE];
 } dt_req;
 
 typedef struct dt_curl_sock {
