@@ -72,7 +72,7 @@ static dt_req *req_new(dt_worker *w, dt_conn *k, struct MHD_Connection *c, const
     r->refs = 1;
     r->content_length = -1;
     r->resp_length = -1;
-    r->start_us = dt_now_us();
+    r->start_us = w->now_us;
     r->start_wall = dt_wall_s();
     r->client_ev.kind = DT_EV_CLIENT;
     r->action = DT_ACTION_RELAY;
@@ -125,7 +125,7 @@ void dt_front_suspend(dt_req *r, dt_wait why)
 {
     r->wait = why;
     MHD_suspend_connection(r->mhd);
-    r->suspended_at = dt_now_ms();
+    r->suspended_at = dt_worker_now_ms(r->w);
     dt_list_append(&r->w->suspended, &r->susp_link);
 }
 
@@ -267,7 +267,7 @@ static dt_str header_or_empty(struct MHD_Connection *c, const char *name)
 static void log_request(dt_req *r)
 {
     char line[8192];
-    int64_t dur = dt_now_us() - r->start_us;
+    int64_t dur = r->w->now_us - r->start_us;
     int status = r->status != 0 ? r->status : (r->client_gone ? 499 : 0);
 
     dt_metrics_request(r->w->metrics, r->route != NULL ? r->route->stats : NULL, r->action, status,
@@ -330,7 +330,7 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls,
     if (k != NULL) {
         k->req = NULL;
         k->nrequests++;
-        k->idle_since = dt_now_ms();
+        k->idle_since = dt_worker_now_ms(r->w);
         k->head_since = 0;
         dt_list_remove(&k->head_link);
         dt_list_append(&r->w->head_wait, &k->head_link);
@@ -350,7 +350,7 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *c)
     if (k == NULL)
         return NULL;
     if (k->head_since == 0)
-        k->head_since = dt_now_ms();
+        k->head_since = dt_worker_now_ms(w);
     r = req_new(w, k, c, uri);
     if (r != NULL)
         r->uri_raw = uri;

@@ -53,43 +53,50 @@ const char *dt_status_reason(int status)
     }
 }
 
-size_t dt_html_escape(char *out, size_t cap, dt_str s)
-{
-    size_t n = 0;
-
-    for (size_t i = 0; i < s.n; i++) {
-        const char *rep = NULL;
-        switch (s.p[i]) {
-        case '&':
-            rep = "&amp;";
-            break;
-        case '<':
-            rep = "&lt;";
-            break;
-        case '>':
-            rep = "&gt;";
-            break;
-        case '"':
-            rep = "&quot;";
-            break;
-        case '\'':
-            rep = "&#39;";
-            break;
-        }
-        size_t len = rep ? strlen(rep) : 1;
-        if (n + len <= cap)
-            memcpy(out + n, rep ? rep : &s.p[i], len);
-        n += len;
-    }
-    return n;
-}
-
 /* Append S to OUT if it fits; count it either way (snprintf's convention). */
 static void put(char *out, size_t cap, size_t *n, const char *s, size_t len)
 {
     if (*n + len <= cap)
         memcpy(out + *n, s, len);
     *n += len;
+}
+
+static const char *html_entity(char c)
+{
+    switch (c) {
+    case '&':
+        return "&amp;";
+    case '<':
+        return "&lt;";
+    case '>':
+        return "&gt;";
+    case '"':
+        return "&quot;";
+    case '\'':
+        return "&#39;";
+    default:
+        return NULL;
+    }
+}
+
+/* Runs of plain bytes go out in one copy: a URL rarely needs an entity. */
+size_t dt_html_escape(char *out, size_t cap, dt_str s)
+{
+    size_t n = 0, i = 0;
+
+    while (i < s.n) {
+        const char *rep = NULL;
+        size_t end = i;
+        while (end < s.n && (rep = html_entity(s.p[end])) == NULL)
+            end++;
+        put(out, cap, &n, s.p + i, end - i);
+        if (rep != NULL) {
+            put(out, cap, &n, rep, strlen(rep));
+            end++;
+        }
+        i = end;
+    }
+    return n;
 }
 
 #define PUT_LIT(lit) put(out, cap, &n, lit, sizeof(lit) - 1)

@@ -124,7 +124,7 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     dt_worker *w = userp;
 
     (void)multi;
-    w->curl_deadline = timeout_ms < 0 ? -1 : dt_now_ms() + timeout_ms;
+    w->curl_deadline = timeout_ms < 0 ? -1 : dt_worker_now_ms(w) + timeout_ms;
     return 0;
 }
 
@@ -215,7 +215,7 @@ static void timer_arm(dt_req *r)
     dt_list_remove(&r->timer);
     if (!r->transfer_active || r->recv_paused || r->send_paused)
         return;
-    r->deadline = dt_now_ms() + r->cfg->timeouts.upstream_ms;
+    r->deadline = dt_worker_now_ms(r->w) + r->cfg->timeouts.upstream_ms;
     dt_list_append(&r->w->up_timers, &r->timer);
 }
 

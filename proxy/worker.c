@@ -430,21 +430,23 @@ static void *worker_main(void *arg)
 {
     dt_worker *w = arg;
     struct epoll_event evs[256];
+    int64_t now = dt_worker_tick(w);
 
-    w->next_sweep = dt_now_ms() + DT_SWEEP_MS;
+    w->next_sweep = now + DT_SWEEP_MS;
     while (!w->stop) {
-        int64_t now = dt_now_ms();
         int timeout = loop_timeout(w, now);
         if (timeout != 0)
             log_flush(w);
         int n = epoll_wait(w->epfd, evs, (int)DT_ARRAY_LEN(evs), timeout);
+        now = dt_worker_tick(w);
         for (int i = 0; i < n; i++)
             dispatch(w, &evs[i]);
         /* Let both sides settle before waiting again: a transfer added by
          * libmicrohttpd's handler wants curl now, a resume from curl wants
          * libmicrohttpd now. A few passes save an epoll_wait round each. */
         for (int pass = 0; pass < 4; pass++) {
-            now = dt_now_ms();
+            if (pass > 0)
+                now = dt_worker_tick(w);
             dt_upstream_process(w, now);
             dt_front_run(w, now);
             if (dt_upstream_timeout(w, now) != 0 && !w->mhd_pending && w->mhd_due > now)

@@ -301,6 +301,7 @@ typedef struct dt_worker {
     dt_list suspended;     /* suspended requests, oldest first (hang-up watch) */
     dt_list small_pending; /* small bodies started this loop turn */
     int64_t mhd_due;       /* monotonic ms when libmicrohttpd's own timeout falls due */
+    int64_t now_us;        /* the loop's clock: monotonic us, read once per pass (dt_worker_tick) */
     int64_t next_sweep;
     int64_t last_sweep;
 
@@ -337,6 +338,22 @@ typedef struct dt_worker {
 
 /* Wake worker W from another thread with the DT_POST_* BIT. */
 void dt_worker_post(dt_worker *w, unsigned bit);
+
+/*
+ * The loop's clock, as nginx keeps its cached time: one clock read per loop
+ * pass serves every request handled in it (start, end, idle and head
+ * times), where reading the clock for each would cost several reads per
+ * request. Durations are exact to one pass. dt_worker_tick reads the clock.
+ */
+static inline int64_t dt_worker_tick(dt_worker *w)
+{
+    w->now_us = dt_now_us();
+    return w->now_us / 1000;
+}
+static inline int64_t dt_worker_now_ms(const dt_worker *w)
+{
+    return w->now_us / 1000;
+}
 
 /* worker.c services for the other loop modules. */
 int dt_worker_watch(dt_worker *w, int fd, uint32_t events, dt_ev *ev);   /* EPOLL_CTL_ADD */
