@@ -8,6 +8,7 @@
 #include "detour/front_int.h"
 #include "detour/log.h"
 #include "detour/page.h"
+#include "detour/rcache.h"
 
 /* ------------------------------------------------------------ local answers */
 
@@ -27,12 +28,44 @@ struct MHD_Response *dt_front_page(dt_req *r, int status, const char *detail)
     return resp;
 }
 
+/*
+ * Let go of R's answer: unpin a cached one, destroy our reference to a
+ * private one. R forgets it first: destroying a streamed response drops the
+ * response's reference to R, which may end R.
+ */
+void dt_front_drop_answer(dt_req *r)
+{
+    struct MHD_Response *resp = r->resp;
+    dt_rcache_entry *shared = r->shared;
+
+    r->resp = NULL;
+    r->shared = NULL;
+    if (shared != NULL)
+        dt_rcache_unpin(shared);
+    else if (resp != NULL)
+        MHD_destroy_response(resp);
+}
+
 void dt_front_set_answer(dt_req *r, int status, struct MHD_Response *resp)
 {
-    if (r->resp != NULL)
-        MHD_destroy_response(r->resp);
+    dt_front_drop_answer(r);
     r->resp = resp;
     r->status = status;
+}
+
+/* Swap a cached answer for a private copy that may take more headers. */
+static bool own_answer(dt_req *r)
+{
+    const dt_rcache_entry *e = r->shared;
+    struct MHD_Response *copy;
+    size_t n;
+
+    if (e == NULL)
+        return true;
+    copy = dt_redirect_response(e->status, (dt_str){e->location, e->location_len}, e->retry_after,
+                                &n);
+    dt_front_set_answer(r, r->status, copy); /* unpins e */
+    return copy != NULL;
 }
 
 enum MHD_Result dt_front_queue(dt_req *r)
@@ -41,11 +74,13 @@ enum MHD_Result dt_front_queue(dt_req *r)
 
     if (r->resp == NULL)
         return MHD_NO; /* out of memory: close rather than hang */
-    if (r->close_after || r->w->draining)
+    if (r->close_after || r->w->draining) {
+        if (!own_answer(r))
+            return MHD_NO;
         MHD_add_response_header(r->resp, "Connection", "close");
+    }
     ok = MHD_queue_response(r->mhd, (unsigned)r->status, r->resp);
-    MHD_destroy_response(r->resp);
-    r->resp = NULL;
+    dt_front_drop_answer(r); /* libmicrohttpd holds its own reference now */
     r->state = DT_REQ_QUEUED;
     return ok;
 }
@@ -87,33 +122,24 @@ enum MHD_Result dt_front_answer_error(dt_req *r, int status, const char *detail,
     return dt_front_answer_locally(r, expect_continue);
 }
 
+/* A cached answer when the same redirect was made recently (see rcache.h). */
 enum MHD_Result dt_front_answer_redirect(dt_req *r, const dt_verdict *v, bool expect_continue)
 {
     dt_str loc = {v->location, v->location_len};
-    size_t cap = dt_page_redirect_size(loc);
-    char *body = malloc(cap);
-    struct MHD_Response *resp = NULL;
+    dt_rcache_entry *e =
+        r->w->rcache != NULL ? dt_rcache_get(r->w->rcache, v->status, loc, v->retry_after) : NULL;
+    size_t n = 0;
 
-    if (body != NULL) {
-        size_t n = dt_page_redirect(body, cap, v->status, loc);
-        resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
-        if (resp == NULL)
-            free(body);
-        r->bytes_sent = r->is_head ? 0 : n;
-    }
-    if (resp != NULL) {
-        char ra[32];
-        MHD_add_response_header(resp, "Location", v->location);
-        MHD_add_response_header(resp, "Cache-Control", "no-store");
-        MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
-        if (v->retry_after >= 0) {
-            snprintf(ra, sizeof ra, "%d", v->retry_after);
-            MHD_add_response_header(resp, "Retry-After", ra);
-        }
-    }
     r->action = DT_ACTION_REDIRECT;
     if (dt_access_log_enabled()) /* only the log reads it */
         r->location = strndup(v->location, v->location_len);
-    dt_front_set_answer(r, v->status, resp);
+    if (e != NULL) {
+        dt_front_set_answer(r, v->status, e->resp);
+        r->shared = e;
+        n = e->body_len;
+    } else {
+        dt_front_set_answer(r, v->status, dt_redirect_response(v->status, loc, v->retry_after, &n));
+    }
+    r->bytes_sent = r->is_head ? 0 : n;
     return dt_front_answer_locally(r, expect_continue);
 }

@@ -88,8 +88,7 @@ void dt_front_req_unref(dt_req *r)
     if (--r->refs > 0)
         return;
     dt_upstream_abort(r);
-    if (r->resp != NULL)
-        MHD_destroy_response(r->resp);
+    dt_front_drop_answer(r);
     dt_ring_free(&r->up);
     dt_ring_free(&r->down);
     free(r->small_buf);
@@ -318,13 +317,9 @@ static void completed_cb(void *cls, struct MHD_Connection *c, void **req_cls,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->transfer_active)
         r->client_gone = true;
     dt_upstream_abort(r);
-    if (r->resp != NULL) {
-        /* Never queued (the client left first). Destroying a streamed response
-         * drops its reference to r; libmicrohttpd's own keeps r alive here. */
-        struct MHD_Response *pending = r->resp;
-        r->resp = NULL;
-        MHD_destroy_response(pending);
-    }
+    /* Never queued (the client left first). Dropping a streamed response
+     * drops its reference to r; libmicrohttpd's own keeps r alive here. */
+    dt_front_drop_answer(r);
     if (r->method != NULL)
         log_request(r);
     if (k != NULL) {

@@ -27,6 +27,7 @@
 
 #include "detour/front.h"
 #include "detour/log.h"
+#include "detour/rcache.h"
 #include "detour/resolve.h"
 #include "detour/server.h"
 #include "detour/tunnel.h"
@@ -515,6 +516,7 @@ dt_worker *dt_worker_create(struct dt_server *srv, int index, dt_config *cfg, ch
     w->wake_ev.kind = DT_EV_WAKE;
     w->req_cache.size = sizeof(dt_req);
     w->rh_cache.size = DT_RH_BLOCK;
+    w->rcache = calloc(1, sizeof *w->rcache); /* without it, redirects are made each time */
     dt_list_init(&w->head_wait);
     dt_list_init(&w->suspended);
     dt_list_init(&w->small_pending);
@@ -584,6 +586,9 @@ void dt_worker_destroy(dt_worker *w)
     free(w->local_addrs);
     dt_cache_clear(&w->req_cache);
     dt_cache_clear(&w->rh_cache);
+    if (w->rcache != NULL)
+        dt_rcache_clear(w->rcache); /* after dt_front_stop: no request holds an answer */
+    free(w->rcache);
     free(w->scan);
     pthread_mutex_destroy(&w->resolve_lock);
     free(w);

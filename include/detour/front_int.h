@@ -25,8 +25,10 @@ void dt_front_req_unref(dt_req *r);
 
 /* A short HTML error page for STATUS; counts its size as R's body bytes. NULL on ENOMEM. */
 struct MHD_Response *dt_front_page(dt_req *r, int status, const char *detail);
-/* R's answer from now on (a previous, unqueued one is destroyed). */
+/* R's answer from now on (a previous, unqueued one is dropped). */
 void dt_front_set_answer(dt_req *r, int status, struct MHD_Response *resp);
+/* Let go of R's unqueued answer, if any: a cached one is unpinned, a private one destroyed. */
+void dt_front_drop_answer(dt_req *r);
 /* Queue R's answer (first or final access-handler call only). */
 enum MHD_Result dt_front_queue(dt_req *r);
 

@@ -195,6 +195,7 @@ typedef struct dt_req {
     /* The answer. */
     int status;                /* status sent to the client */
     struct MHD_Response *resp; /* built, not yet queued */
+    struct dt_rcache_entry *shared; /* resp is this cached answer's, borrowed */
     bool close_after;          /* ask libmicrohttpd to close after the response */
     uint64_t bytes_sent;
 
@@ -325,6 +326,7 @@ typedef struct dt_worker {
 
     dt_cache req_cache; /* dt_req objects */
     dt_cache rh_cache;  /* DT_RH_BLOCK buffers for upstream heads */
+    struct dt_rcache *rcache; /* redirect answers made recently; NULL = none */
     void *scan;         /* front.c's header scan scratch, one per worker */
 
     char *logbuf; /* access log lines waiting for one write */

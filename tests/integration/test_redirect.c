@@ -1059,6 +1059,20 @@ static void test_post_body_raw_socket(void **state)
     free(body);
 }
 
+/* Connect and send a POST head for /echo/post/NAME that waits for 100 Continue. */
+static int send_expect_continue(th_env *e, const char *name)
+{
+    char head[256];
+    int fd = th_connect(e->port, IO_MS);
+    assert_true(fd >= 0);
+    snprintf(head, sizeof(head),
+             "POST /echo/post/%s HTTP/1.1\r\nHost: a\r\n"
+             "Content-Length: 2000000\r\nExpect: 100-continue\r\n\r\n",
+             name);
+    assert_int_equal(th_send_str(fd, head, IO_MS), 0);
+    return fd;
+}
+
 static void test_expect_continue_answered_at_once(void **state)
 {
     th_env *e = env_of(state);
@@ -1066,13 +1080,7 @@ static void test_expect_continue_answered_at_once(void **state)
     start_routes(e, NULL, body_routes);
     unsigned long before = th_origin_requests(e);
 
-    int fd = th_connect(e->port, IO_MS);
-    assert_true(fd >= 0);
-    assert_int_equal(th_send_str(fd,
-                                 "POST /echo/post/ask HTTP/1.1\r\nHost: a\r\n"
-                                 "Content-Length: 2000000\r\nExpect: 100-continue\r\n\r\n",
-                                 IO_MS),
-                     0);
+    int fd = send_expect_continue(e, "ask");
     /* Everything detour sends, up to its close: no 100 Continue, then the 307. */
     assert_int_equal(th_recv_all(fd, &raw, 65536, IO_MS), 0);
     assert_false(raw.timed_out);
@@ -1102,6 +1110,84 @@ static void test_expect_continue_answered_at_once(void **state)
         fail_msg("the answer took %.3f s: curl waited for a 100 Continue", rs.total_s);
     th_resp_free(&rs);
     assert_int_equal(th_origin_requests(e), before + 1);
+}
+
+/* HEAD without its Date line, for comparing two answers made at different times. */
+static void head_without_date(const char *head, char *out, size_t cap)
+{
+    const char *date = strstr(head, "\r\nDate: ");
+    const char *after = date != NULL ? strstr(date + 2, "\r\n") : NULL;
+    if (date == NULL || after == NULL)
+        snprintf(out, cap, "%s", head);
+    else
+        snprintf(out, cap, "%.*s%s", (int)(date - head), head, after);
+}
+
+/*
+ * The same redirect again is the same answer (a worker queues the response
+ * it made before, see rcache.h): byte for byte apart from Date, for GET and
+ * HEAD. An answer that must close its connection adds Connection: close to
+ * a copy of its own, never to the one later clients get.
+ */
+static void test_repeated_answer_unchanged(void **state)
+{
+    th_env *e = env_of(state);
+    th_raw_resp first, r;
+    char want[1024], got[1024], v[128], cl[32];
+    /* One worker: every connection meets the same cached answer. */
+    int rc = th_detour_start(e,
+                             "listen = \"127.0.0.1:%d\";\nworkers = 1;\naccess_log = \"off\";\n"
+                             "upstreams = { o = { url = \"http://127.0.0.1:%d\"; }; };\n"
+                             "routes = (\n%s"
+                             "  { name = \"origin\"; match = { prefix = \"/\"; };\n"
+                             "    relay = { upstream = \"o\"; }; }\n);\n",
+                             e->port, e->origin_port, body_routes);
+    assert_int_equal(rc, 0);
+    const char *get = "GET /echo/post/same HTTP/1.1\r\nHost: a\r\n\r\n";
+    int fd = th_connect(e->port, IO_MS);
+    assert_true(fd >= 0);
+    raw_exchange(fd, get, strlen(get), false, &first);
+    assert_int_equal(first.status, 307);
+    assert_string_equal(th_head_header(first.head, "Location", v, sizeof(v)), "/v2/same");
+    assert_null(th_head_header(first.head, "Connection", v, sizeof(v)));
+    head_without_date(first.head, want, sizeof(want));
+    for (int i = 0; i < 3; i++) {
+        raw_exchange(fd, get, strlen(get), false, &r);
+        head_without_date(r.head, got, sizeof(got));
+        assert_string_equal(got, want);
+        assert_int_equal(r.body_len, first.body_len);
+        assert_string_equal(r.body, first.body);
+        th_raw_resp_free(&r);
+    }
+    const char *head = "HEAD /echo/post/same HTTP/1.1\r\nHost: a\r\n\r\n";
+    raw_exchange(fd, head, strlen(head), true, &r);
+    head_without_date(r.head, got, sizeof(got));
+    assert_string_equal(got, want);
+    assert_int_equal(r.body_len, 0);
+    snprintf(cl, sizeof(cl), "%llu", (unsigned long long)first.body_len);
+    assert_string_equal(th_head_header(r.head, "Content-Length", v, sizeof(v)), cl);
+    th_raw_resp_free(&r);
+
+    /* A client waiting for 100 Continue: the same answer, closing. */
+    int fd2 = send_expect_continue(e, "same");
+    assert_int_equal(th_recv_response(fd2, false, &r, IO_MS), 0);
+    assert_int_equal(r.status, 307);
+    assert_string_equal(th_head_header(r.head, "Location", v, sizeof(v)), "/v2/same");
+    assert_string_equal(th_head_header(r.head, "Connection", v, sizeof(v)), "close");
+    assert_string_equal(r.body, first.body);
+    th_raw_resp_free(&r);
+    assert_true(th_wait_closed(fd2, IO_MS));
+    close(fd2);
+
+    /* The kept connection's next answer is still the keep-alive one. */
+    for (int i = 0; i < 2; i++) {
+        raw_exchange(fd, get, strlen(get), false, &r);
+        head_without_date(r.head, got, sizeof(got));
+        assert_string_equal(got, want);
+        th_raw_resp_free(&r);
+    }
+    close(fd);
+    th_raw_resp_free(&first);
 }
 
 static void test_large_body_answered_and_closed(void **state)
@@ -1368,6 +1454,7 @@ int main(void)
         T(test_post_body_dropped_connection_kept),
         T(test_post_body_raw_socket),
         T(test_expect_continue_answered_at_once),
+        T(test_repeated_answer_unchanged),
         T(test_large_body_answered_and_closed),
         T(test_encoded_crlf_stays_encoded),
         T(test_raw_bytes_never_split_a_header),
