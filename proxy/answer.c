@@ -2,11 +2,7 @@
  * answer.c - the answers detour gives itself: error pages, redirects, and
  * the rule for when an answer may go out (see dt_front_answer_locally).
  */
-#include <stdio.h>
-#include <stdlib.h>
-
 #include "detour/front_int.h"
-#include "detour/log.h"
 #include "detour/page.h"
 #include "detour/rcache.h"
 
