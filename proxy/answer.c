@@ -3,6 +3,7 @@
  * the rule for when an answer may go out (see dt_front_answer_locally).
  */
 #include "detour/front_int.h"
+#include "detour/log.h"
 #include "detour/page.h"
 #include "detour/rcache.h"
 
