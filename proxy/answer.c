@@ -50,6 +50,12 @@ void dt_front_set_answer(dt_req *r, int status, struct MHD_Response *resp)
     r->status = status;
 }
 
+/* The Date for R's own redirect: the worker's, formatted once a second. */
+static const char *redirect_date(dt_req *r)
+{
+    return r->w->rcache != NULL ? dt_httpdate_at(&r->w->rcache->date, (int64_t)time(NULL)) : NULL;
+}
+
 /* Swap a cached answer for a private copy that may take more headers. */
 static bool own_answer(dt_req *r)
 {
@@ -60,7 +66,7 @@ static bool own_answer(dt_req *r)
     if (e == NULL)
         return true;
     copy = dt_redirect_response(e->status, (dt_str){e->location, e->location_len}, e->retry_after,
-                                &n);
+                                redirect_date(r), &n);
     dt_front_set_answer(r, r->status, copy); /* unpins e */
     return copy != NULL;
 }
@@ -123,8 +129,9 @@ enum MHD_Result dt_front_answer_error(dt_req *r, int status, const char *detail,
 enum MHD_Result dt_front_answer_redirect(dt_req *r, const dt_verdict *v, bool expect_continue)
 {
     dt_str loc = {v->location, v->location_len};
-    dt_rcache_entry *e =
-        r->w->rcache != NULL ? dt_rcache_get(r->w->rcache, v->status, loc, v->retry_after) : NULL;
+    dt_rcache_entry *e = r->w->rcache != NULL ? dt_rcache_get(r->w->rcache, v->status, loc,
+                                                              v->retry_after, (int64_t)time(NULL))
+                                              : NULL;
     size_t n = 0;
 
     r->action = DT_ACTION_REDIRECT;
@@ -135,7 +142,9 @@ enum MHD_Result dt_front_answer_redirect(dt_req *r, const dt_verdict *v, bool ex
         r->shared = e;
         n = e->body_len;
     } else {
-        dt_front_set_answer(r, v->status, dt_redirect_response(v->status, loc, v->retry_after, &n));
+        dt_front_set_answer(
+            r, v->status,
+            dt_redirect_response(v->status, loc, v->retry_after, redirect_date(r), &n));
     }
     r->bytes_sent = r->is_head ? 0 : n;
     return dt_front_answer_locally(r, expect_continue);

@@ -10,7 +10,7 @@
 #include "detour/rcache.h"
 
 struct MHD_Response *dt_redirect_response(int status, dt_str location, int retry_after,
-                                          size_t *body_len)
+                                          const char *date, size_t *body_len)
 {
     size_t cap = dt_page_redirect_size(location);
     char *body = malloc(cap);
@@ -28,7 +28,8 @@ struct MHD_Response *dt_redirect_response(int status, dt_str location, int retry
     }
     /* The Location came from dt_template_expand, which never lets CR, LF or
      * NUL through; libmicrohttpd refuses such a value anyway. */
-    if (MHD_add_response_header(resp, "Location", location.p) != MHD_YES ||
+    if ((date != NULL && MHD_add_response_header(resp, "Date", date) != MHD_YES) ||
+        MHD_add_response_header(resp, "Location", location.p) != MHD_YES ||
         MHD_add_response_header(resp, "Cache-Control", "no-store") != MHD_YES ||
         MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8") != MHD_YES)
         goto fail;
@@ -73,7 +74,8 @@ static void entry_drop(dt_rcache_entry *e)
     memset(e, 0, sizeof *e);
 }
 
-dt_rcache_entry *dt_rcache_get(dt_rcache *c, int status, dt_str location, int retry_after)
+dt_rcache_entry *dt_rcache_get(dt_rcache *c, int status, dt_str location, int retry_after,
+                               int64_t now)
 {
     uint64_t h;
     dt_rcache_entry *e;
@@ -83,19 +85,20 @@ dt_rcache_entry *dt_rcache_get(dt_rcache *c, int status, dt_str location, int re
         return NULL;
     h = key_hash(status, location, retry_after);
     e = &c->slots[h % DT_RCACHE_SLOTS];
-    if (entry_is(e, h, status, location, retry_after)) {
+    if (entry_is(e, h, status, location, retry_after) && e->date_sec == now) {
         c->hits++;
         e->pins++;
         return e;
     }
     c->misses++;
     if (e->pins > 0)
-        return NULL; /* a request still holds the old answer */
+        return NULL; /* a request still holds the old answer (or last second's) */
     entry_drop(e);
     copy = strndup(location.p, location.n);
     if (copy == NULL)
         return NULL;
-    e->resp = dt_redirect_response(status, (dt_str){copy, location.n}, retry_after, &e->body_len);
+    e->resp = dt_redirect_response(status, (dt_str){copy, location.n}, retry_after,
+                                   dt_httpdate_at(&c->date, now), &e->body_len);
     if (e->resp == NULL) {
         free(copy);
         return NULL;
@@ -105,6 +108,7 @@ dt_rcache_entry *dt_rcache_get(dt_rcache *c, int status, dt_str location, int re
     e->retry_after = retry_after;
     e->location = copy;
     e->location_len = location.n;
+    e->date_sec = now;
     e->pins = 1;
     return e;
 }

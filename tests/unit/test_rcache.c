@@ -16,6 +16,9 @@
 #include "detour/page.h"
 #include "detour/rcache.h"
 
+/* 1994-11-06 08:49:37 UTC, RFC 9110's example date */
+#define NOW 784111777
+
 static dt_str str_of(const char *s)
 {
     return (dt_str){s, strlen(s)};
@@ -28,7 +31,7 @@ static void test_answer_headers(void **state)
     size_t n = 0;
     (void)state;
 
-    struct MHD_Response *resp = dt_redirect_response(307, str_of(loc), -1, &n);
+    struct MHD_Response *resp = dt_redirect_response(307, str_of(loc), -1, NULL, &n);
     assert_non_null(resp);
     assert_int_equal(n, dt_page_redirect(note, sizeof note, 307, str_of(loc)));
     assert_string_equal(MHD_get_response_header(resp, "Location"), loc);
@@ -36,11 +39,13 @@ static void test_answer_headers(void **state)
     assert_string_equal(MHD_get_response_header(resp, "Content-Type"), "text/html; charset=utf-8");
     assert_null(MHD_get_response_header(resp, "Retry-After"));
     assert_null(MHD_get_response_header(resp, "Connection"));
+    assert_null(MHD_get_response_header(resp, "Date")); /* libmicrohttpd adds it */
     MHD_destroy_response(resp);
 
-    resp = dt_redirect_response(302, str_of("/x"), 120, &n);
+    resp = dt_redirect_response(302, str_of("/x"), 120, "Sun, 06 Nov 1994 08:49:37 GMT", &n);
     assert_non_null(resp);
     assert_string_equal(MHD_get_response_header(resp, "Retry-After"), "120");
+    assert_string_equal(MHD_get_response_header(resp, "Date"), "Sun, 06 Nov 1994 08:49:37 GMT");
     MHD_destroy_response(resp);
 }
 
@@ -50,10 +55,10 @@ static void test_hit_needs_the_whole_key(void **state)
     (void)state;
     assert_non_null(c);
 
-    dt_rcache_entry *a = dt_rcache_get(c, 307, str_of("/v2/a"), -1);
+    dt_rcache_entry *a = dt_rcache_get(c, 307, str_of("/v2/a"), -1, NOW);
     assert_non_null(a);
     assert_int_equal(c->misses, 1);
-    dt_rcache_entry *again = dt_rcache_get(c, 307, str_of("/v2/a"), -1);
+    dt_rcache_entry *again = dt_rcache_get(c, 307, str_of("/v2/a"), -1, NOW);
     assert_ptr_equal(again, a);
     assert_int_equal(c->hits, 1);
     assert_int_equal(a->pins, 2);
@@ -66,7 +71,8 @@ static void test_hit_needs_the_whole_key(void **state)
     } other[] = {{308, -1, "/v2/a"}, {307, 30, "/v2/a"}, {307, -1, "/v2/a/"}, {307, -1, "/v2/b"}};
     for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
         unsigned long misses = (unsigned long)c->misses;
-        dt_rcache_entry *e = dt_rcache_get(c, other[i].status, str_of(other[i].loc), other[i].retry);
+        dt_rcache_entry *e =
+            dt_rcache_get(c, other[i].status, str_of(other[i].loc), other[i].retry, NOW);
         assert_int_equal(c->misses, misses + 1);
         assert_ptr_not_equal(e, a); /* NULL (a's slot, pinned) or another slot */
         if (e != NULL) {
@@ -92,12 +98,12 @@ static void test_pinned_entry_is_never_evicted(void **state)
     (void)state;
     assert_non_null(c);
 
-    dt_rcache_entry *a = dt_rcache_get(c, 307, str_of("/held"), -1);
+    dt_rcache_entry *a = dt_rcache_get(c, 307, str_of("/held"), -1, NOW);
     assert_non_null(a);
     /* Find a Location that maps to a's slot: it cannot be cached while a is held. */
     for (i = 0; i < 100000; i++) {
         snprintf(loc, sizeof loc, "/other/%d", i);
-        e = dt_rcache_get(c, 307, str_of(loc), -1);
+        e = dt_rcache_get(c, 307, str_of(loc), -1, NOW);
         if (e == NULL)
             break;
         dt_rcache_unpin(e);
@@ -108,7 +114,7 @@ static void test_pinned_entry_is_never_evicted(void **state)
 
     /* Once let go, the slot takes the new answer. */
     dt_rcache_unpin(a);
-    e = dt_rcache_get(c, 307, str_of(loc), -1);
+    e = dt_rcache_get(c, 307, str_of(loc), -1, NOW);
     assert_ptr_equal(e, a);
     assert_string_equal(e->location, loc);
     assert_string_equal(MHD_get_response_header(e->resp, "Location"), loc);
@@ -128,15 +134,44 @@ static void test_long_location_not_cached(void **state)
     memset(loc, 'a', DT_RCACHE_LOCATION_MAX + 1);
     loc[0] = '/';
     loc[DT_RCACHE_LOCATION_MAX + 1] = '\0';
-    assert_null(dt_rcache_get(c, 307, str_of(loc), -1));
+    assert_null(dt_rcache_get(c, 307, str_of(loc), -1, NOW));
     loc[DT_RCACHE_LOCATION_MAX] = '\0'; /* the longest that is kept */
-    dt_rcache_entry *e = dt_rcache_get(c, 307, str_of(loc), -1);
+    dt_rcache_entry *e = dt_rcache_get(c, 307, str_of(loc), -1, NOW);
     assert_non_null(e);
     assert_int_equal(e->location_len, DT_RCACHE_LOCATION_MAX);
     dt_rcache_unpin(e);
     dt_rcache_clear(c);
     free(c);
     free(loc);
+}
+
+/* A cached answer carries the Date of its second and is remade in the next. */
+static void test_answer_date_is_current(void **state)
+{
+    dt_rcache *c = calloc(1, sizeof *c);
+    (void)state;
+    assert_non_null(c);
+
+    dt_rcache_entry *e = dt_rcache_get(c, 307, str_of("/d"), -1, NOW);
+    assert_non_null(e);
+    assert_string_equal(MHD_get_response_header(e->resp, "Date"), "Sun, 06 Nov 1994 08:49:37 GMT");
+    dt_rcache_unpin(e);
+    e = dt_rcache_get(c, 307, str_of("/d"), -1, NOW);
+    assert_int_equal(c->hits, 1);
+    dt_rcache_unpin(e);
+
+    e = dt_rcache_get(c, 307, str_of("/d"), -1, NOW + 1);
+    assert_non_null(e);
+    assert_int_equal(c->hits, 1);
+    assert_int_equal(e->date_sec, NOW + 1);
+    assert_string_equal(MHD_get_response_header(e->resp, "Date"), "Sun, 06 Nov 1994 08:49:38 GMT");
+
+    /* Held by a request, last second's answer is not remade under it. */
+    assert_null(dt_rcache_get(c, 307, str_of("/d"), -1, NOW + 2));
+    assert_string_equal(MHD_get_response_header(e->resp, "Date"), "Sun, 06 Nov 1994 08:49:38 GMT");
+    dt_rcache_unpin(e);
+    dt_rcache_clear(c);
+    free(c);
 }
 
 int main(void)
@@ -146,6 +181,7 @@ int main(void)
         cmocka_unit_test(test_hit_needs_the_whole_key),
         cmocka_unit_test(test_pinned_entry_is_never_evicted),
         cmocka_unit_test(test_long_location_not_cached),
+        cmocka_unit_test(test_answer_date_is_current),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
