@@ -2,6 +2,9 @@
  * answer.c - the answers detour gives itself: error pages, redirects, and
  * the rule for when an answer may go out (see dt_front_answer_locally).
  */
+#include <stdlib.h>
+#include <strings.h>
+
 #include "detour/front_int.h"
 #include "detour/log.h"
 #include "detour/page.h"
@@ -71,6 +74,41 @@ static bool own_answer(dt_req *r)
     return copy != NULL;
 }
 
+static enum MHD_Result find_date(void *cls, enum MHD_ValueKind kind, const char *name,
+                                 const char *value)
+{
+    const char **date = cls;
+    if (kind != MHD_HEADER_KIND || strcasecmp(name, "Date") != 0)
+        return MHD_YES;
+    date[0] = name;
+    date[1] = value;
+    return MHD_NO;
+}
+
+/*
+ * Add Connection: close to RESP. libmicrohttpd 0.9.75 assigns its record of
+ * the special headers a response has when a Connection header is added,
+ * rather than adding to it, so it forgets the Date RESP carries (the
+ * upstream's, or a redirect's) and would send a second one of its own. Taking
+ * the Date out and putting it back sets the record right.
+ */
+static void add_connection_close(struct MHD_Response *resp)
+{
+    const char *date[2] = {NULL, NULL};
+    char *name, *value;
+
+    MHD_get_response_headers(resp, find_date, date);
+    MHD_add_response_header(resp, "Connection", "close");
+    if (date[0] == NULL)
+        return;
+    name = strdup(date[0]); /* the originals go with the removed header */
+    value = strdup(date[1]);
+    if (name != NULL && value != NULL && MHD_del_response_header(resp, name, value) == MHD_YES)
+        MHD_add_response_header(resp, name, value); /* failing, libmicrohttpd adds one */
+    free(name);
+    free(value);
+}
+
 enum MHD_Result dt_front_queue(dt_req *r)
 {
     enum MHD_Result ok;
@@ -80,7 +118,7 @@ enum MHD_Result dt_front_queue(dt_req *r)
     if (r->close_after || r->w->draining) {
         if (!own_answer(r))
             return MHD_NO;
-        MHD_add_response_header(r->resp, "Connection", "close");
+        add_connection_close(r->resp);
     }
     ok = MHD_queue_response(r->mhd, (unsigned)r->status, r->resp);
     dt_front_drop_answer(r); /* libmicrohttpd holds its own reference now */

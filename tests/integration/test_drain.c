@@ -167,6 +167,9 @@ static void expect_ok(const flight *f, const char *what, bool head_in_drain)
     if (conn == NULL || strcasecmp(conn, "close") != 0)
         fail_msg("%s: answered during the drain with Connection: %s, expected close", what,
                  conn ? conn : "(none)");
+    /* Adding Connection: close must not make libmicrohttpd add a Date of its own. */
+    if (th_resp_hdr_count(&f->rs, "Date") != 1)
+        fail_msg("%s: %zu Date headers, expected 1", what, th_resp_hdr_count(&f->rs, "Date"));
 }
 
 static void test_drain_finishes_in_flight(void **state)

@@ -14,7 +14,7 @@
  * 100-continue and HTTP/1.0 are supported. Request bodies are hashed while
  * they stream, never stored.
  *
- * Every response carries "Server: dt-origin". HEAD works on every endpoint:
+ * Every response carries "Server: dt-origin" and a Date. HEAD works on every endpoint:
  * the GET head (same Content-Length or framing), no body. Query values are
  * decimal numbers unless said otherwise. Endpoints (path = target up to '?'):
  *
@@ -531,7 +531,13 @@ static int head_send(conn *c, const request *r, int status, const dbuf *extra, f
                      uint64_t length)
 {
     dbuf h = {0};
-    db_printf(&h, "HTTP/1.1 %d %s\r\nServer: dt-origin\r\n", status, reason_phrase(status));
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    /* An origin with a clock sends Date (RFC 9110 6.6.1); detour must relay it, once. */
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    db_printf(&h, "HTTP/1.1 %d %s\r\nServer: dt-origin\r\nDate: %s\r\n", status,
+              reason_phrase(status), date);
     if (extra && extra->n)
         db_add(&h, extra->p, extra->n);
     if (fr == FR_LENGTH)
