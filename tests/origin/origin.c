@@ -14,9 +14,10 @@
  * 100-continue and HTTP/1.0 are supported. Request bodies are hashed while
  * they stream, never stored.
  *
- * Every response carries "Server: dt-origin" and a Date. HEAD works on every endpoint:
- * the GET head (same Content-Length or framing), no body. Query values are
- * decimal numbers unless said otherwise. Endpoints (path = target up to '?'):
+ * Every response carries "Server: dt-origin" and a Date. HEAD works on every
+ * endpoint: the GET head (same Content-Length or framing), no body. Query
+ * values are decimal numbers unless said otherwise. Endpoints (path = target
+ * up to '?'):
  *
  *   /echo...[?rate=B]   any method, any path starting with /echo: 200, text body of lines
  *                       "method: M", "target: T" (raw), "version: V",
