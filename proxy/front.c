@@ -342,6 +342,7 @@ static void *uri_cb(void *cls, const char *uri, struct MHD_Connection *c)
     dt_conn *k = conn_of(c);
     dt_req *r;
 
+    w->heads++;
     if (k == NULL)
         return NULL;
     if (k->head_since == 0)

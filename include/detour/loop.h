@@ -288,6 +288,7 @@ typedef struct dt_worker {
     dt_daemon *daemons;
     size_t ndaemons;
     bool mhd_pending; /* run libmicrohttpd again before blocking (resumes) */
+    uint64_t heads;   /* request heads libmicrohttpd has parsed: how busy a turn was */
 
     void *multi;                                    /* CURLM * */
     void *tls_sessions; /* CURLSH *: TLS sessions shared by the worker's transfers */

@@ -1,18 +1,25 @@
 /*
  * test_concurrency.c - many requests: 1,000 sequential keep-alive requests
- * on one client connection, and 500 concurrent connections (curl multi),
- * every answer checked against the request that caused it.
+ * on one client connection, 500 concurrent connections (curl multi), every
+ * answer checked against the request that caused it; and a flood of
+ * pipelined redirects that must leave room for everything else the worker
+ * does (new connections, relays, reloads).
  */
+#include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "harness.h"
+#include "ops_util.h"
 
 #define SEQUENTIAL 1000
 #define CONCURRENT 500
@@ -128,12 +135,215 @@ static void test_concurrent_connections(void **state)
     free(cs);
 }
 
+/* ---- a redirect flood leaves room ------------------------------------------ */
+
+/*
+ * While libmicrohttpd alone has plenty of work, the worker asks it for more
+ * without polling its own epoll set (mhd_again in worker.c). These tests
+ * keep one worker that busy with pipelined redirects on several
+ * connections and check that what only the worker's own set announces
+ * still happens promptly: a new connection is accepted, a relay finds its
+ * upstream, a SIGHUP reload takes effect.
+ */
+#define FLOOD_CONNS 8
+#define FLOOD_BATCH 64
+#define FLOOD_REQ "HEAD /flood/x HTTP/1.1\r\nHost: t\r\n\r\n"
+#define PROMPT_MS 1000 /* a generous bound: the worker's own bound is 1 ms */
+
+typedef struct flood {
+    int port;
+    atomic_bool *stop;
+    atomic_long answers;
+    char err[160]; /* set once, before the thread ends */
+} flood;
+
+/* One connection's flood: batches of FLOOD_BATCH pipelined HEADs, each
+ * batch read whole (all answers are the same length) before the next. */
+static void *flood_main(void *arg)
+{
+    flood *f = arg;
+    char *batch = NULL;
+    size_t one = 0, req_len = strlen(FLOOD_REQ);
+    int fd = th_connect(f->port, 2000);
+    th_raw_resp first;
+
+    if (fd < 0 || th_send_str(fd, FLOOD_REQ, 2000) != 0 ||
+        th_recv_response(fd, true, &first, 2000) != 0) {
+        snprintf(f->err, sizeof(f->err), "no first answer");
+        goto out;
+    }
+    one = strlen(first.head);
+    if (first.status != 307)
+        snprintf(f->err, sizeof(f->err), "first answer %d", first.status);
+    th_raw_resp_free(&first);
+    batch = malloc(req_len * FLOOD_BATCH);
+    if (batch == NULL || f->err[0] != '\0')
+        goto out;
+    for (int k = 0; k < FLOOD_BATCH; k++)
+        memcpy(batch + (size_t)k * req_len, FLOOD_REQ, req_len);
+    while (!atomic_load(f->stop)) {
+        th_raw got;
+        if (th_send_all(fd, batch, req_len * FLOOD_BATCH, 5000) != 0 ||
+            th_recv_all(fd, &got, one * FLOOD_BATCH, 5000) != 0) {
+            snprintf(f->err, sizeof(f->err), "batch failed");
+            break;
+        }
+        for (int k = 0; k < FLOOD_BATCH && f->err[0] == '\0'; k++)
+            if (got.len != one * FLOOD_BATCH ||
+                th_parse_status(got.data + (size_t)k * one, one) != 307)
+                snprintf(f->err, sizeof(f->err), "answer %d of a batch: %zu of %zu bytes", k,
+                         got.len, one * FLOOD_BATCH);
+        th_raw_free(&got);
+        if (f->err[0] != '\0')
+            break;
+        atomic_fetch_add(&f->answers, FLOOD_BATCH);
+    }
+out:
+    free(batch);
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+static long flood_answers(flood *fs)
+{
+    long n = 0;
+    for (int i = 0; i < FLOOD_CONNS; i++)
+        n += atomic_load(&fs[i].answers);
+    return n;
+}
+
+static void write_flood_config(th_env *e, const char *probe_to)
+{
+    assert_int_equal(
+        th_write_file(e->cfg_path,
+                      "listen = \"127.0.0.1:%d\";\n"
+                      "workers = 1;\n"
+                      "access_log = \"off\";\n"
+                      "timeouts = { drain_ms = 3000; };\n"
+                      "upstreams = { o = { url = \"http://127.0.0.1:%d\"; }; };\n"
+                      "routes = (\n"
+                      "  { name = \"flood\"; match = { prefix = \"/flood/\"; };\n"
+                      "    redirect = { to = \"http://new.example$request_uri\"; }; },\n"
+                      "  { name = \"probe\"; match = { prefix = \"/probe/\"; };\n"
+                      "    redirect = { to = \"%s\"; }; },\n"
+                      "  { name = \"origin\"; match = { prefix = \"/\"; };\n"
+                      "    relay = { upstream = \"o\"; }; }\n"
+                      ");\n",
+                      e->port, e->origin_port, probe_to),
+        0);
+}
+
+/*
+ * A new connection's redirect for /probe/: its Location into LOC; returns
+ * the time taken in ms, or -1. No assertions: the flood threads must be
+ * stopped before the test may fail.
+ */
+static int64_t probe(th_env *e, char *loc, size_t cap)
+{
+    int64_t t0 = th_now_ms(), took = -1;
+    int fd = th_connect(e->port, 3000);
+    th_raw_resp r;
+
+    loc[0] = '\0';
+    if (fd < 0)
+        return -1;
+    if (th_send_str(fd, "GET /probe/p HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    3000) == 0 &&
+        th_recv_response(fd, false, &r, 3000) == 0) {
+        if (r.status == 307 && th_head_header(r.head, "Location", loc, cap) != NULL)
+            took = th_now_ms() - t0;
+        th_raw_resp_free(&r);
+    }
+    close(fd);
+    return took;
+}
+
+static void test_redirect_flood_leaves_room(void **state)
+{
+    th_env *e = env_of(state);
+    flood fs[FLOOD_CONNS];
+    pthread_t th[FLOOD_CONNS];
+    atomic_bool stop = false;
+    char loc[256];
+    int64_t worst = 0;
+
+    write_flood_config(e, "http://a.example/");
+    char *cfg = ops_read_file(e->cfg_path);
+    assert_non_null(cfg);
+    assert_int_equal(th_detour_start(e, "%s", cfg), 0);
+    free(cfg);
+    memset(fs, 0, sizeof(fs));
+    for (int i = 0; i < FLOOD_CONNS; i++) {
+        fs[i].port = e->port;
+        fs[i].stop = &stop;
+        if (pthread_create(&th[i], NULL, flood_main, &fs[i]) != 0) {
+            atomic_store(&stop, true);
+            while (i-- > 0)
+                pthread_join(th[i], NULL);
+            fail_msg("cannot start flood thread");
+        }
+    }
+    /* The flood is on once every connection has had a batch answered. */
+    for (int64_t end = th_now_ms() + 5000; th_now_ms() < end;) {
+        bool all = true;
+        for (int i = 0; i < FLOOD_CONNS; i++)
+            all = all && atomic_load(&fs[i].answers) > 0;
+        if (all)
+            break;
+        th_sleep_ms(5);
+    }
+    long before = flood_answers(fs);
+
+    /* New connections are accepted and answered. */
+    for (int i = 0; i < 20 && worst >= 0; i++) {
+        int64_t took = probe(e, loc, sizeof(loc));
+        worst = took < 0 || strcmp(loc, "http://a.example/") != 0 ? -1
+                : took > worst                                   ? took
+                                                                 : worst;
+    }
+    /* A relay gets through: its upstream socket lives in the worker's set. */
+    char url[256];
+    snprintf(url, sizeof(url), "%s/echo/during-flood", e->url);
+    th_req rq = {.url = url, .keep_body = true, .timeout_ms = 3000};
+    th_resp rs;
+    int64_t t0 = th_now_ms();
+    th_http(&rq, &rs);
+    int64_t relay_ms = th_now_ms() - t0;
+    bool relay_ok = rs.rc == CURLE_OK && rs.status == 200;
+    th_resp_free(&rs);
+    /* A reload is noticed: SIGHUP reaches the worker through its set. */
+    write_flood_config(e, "http://b.example/");
+    int sent = kill(e->detour.pid, SIGHUP);
+    for (int64_t end = th_now_ms() + 5000; th_now_ms() < end;)
+        if (probe(e, loc, sizeof(loc)) >= 0 && strcmp(loc, "http://b.example/") == 0)
+            break;
+    long during = flood_answers(fs) - before;
+
+    atomic_store(&stop, true);
+    for (int i = 0; i < FLOOD_CONNS; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < FLOOD_CONNS; i++)
+        if (fs[i].err[0] != '\0')
+            fail_msg("flood connection %d: %s", i, fs[i].err);
+    print_message("flood: %ld redirects while probing; slowest new connection %lld ms, "
+                  "relay %lld ms\n",
+                  during, (long long)worst, (long long)relay_ms);
+    /* The flood really ran alongside: otherwise this tested nothing. */
+    assert_true(during >= FLOOD_BATCH * FLOOD_CONNS);
+    assert_true(worst >= 0 && worst < PROMPT_MS);
+    assert_true(relay_ok && relay_ms < PROMPT_MS);
+    assert_int_equal(sent, 0);
+    assert_string_equal(loc, "http://b.example/");
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, th_it_setup, th_it_teardown)
     const struct CMUnitTest tests[] = {
         T(test_sequential_keepalive),
         T(test_concurrent_connections),
+        T(test_redirect_flood_leaves_room),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
