@@ -441,7 +441,9 @@ static int loop_timeout(dt_worker *w, int64_t now)
  * request is rarely there yet, and the look would cost a system call per
  * request.
  *
- * Only while nothing else waits on our set: no upstream transfer, tunnel,
+ * Only with one libmicrohttpd daemon (each TLS listener adds a daemon with
+ * a set of its own, and which one has work is only known from ours), and
+ * only while nothing else waits on our set: no upstream transfer, tunnel,
  * suspended request (hang-up watch), forward-mode peek, name lookup or
  * posted work, and not draining. And never longer than DT_MHD_AGAIN_US
  * after our set was last polled, so a new connection, a signal or a timer
