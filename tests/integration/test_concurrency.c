@@ -165,11 +165,12 @@ static void *flood_main(void *arg)
     char *batch = NULL;
     size_t one = 0, req_len = strlen(FLOOD_REQ);
     int fd = th_connect(f->port, 2000);
-    th_raw_resp first;
+    th_raw_resp first = {0}; /* th_recv_response allocates even when it fails */
 
     if (fd < 0 || th_send_str(fd, FLOOD_REQ, 2000) != 0 ||
         th_recv_response(fd, true, &first, 2000) != 0) {
         snprintf(f->err, sizeof(f->err), "no first answer");
+        th_raw_resp_free(&first);
         goto out;
     }
     one = strlen(first.head);
@@ -243,18 +244,17 @@ static int64_t probe(th_env *e, char *loc, size_t cap)
 {
     int64_t t0 = th_now_ms(), took = -1;
     int fd = th_connect(e->port, 3000);
-    th_raw_resp r;
+    th_raw_resp r = {0}; /* th_recv_response allocates even when it fails */
 
     loc[0] = '\0';
     if (fd < 0)
         return -1;
     if (th_send_str(fd, "GET /probe/p HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
                     3000) == 0 &&
-        th_recv_response(fd, false, &r, 3000) == 0) {
-        if (r.status == 307 && th_head_header(r.head, "Location", loc, cap) != NULL)
-            took = th_now_ms() - t0;
-        th_raw_resp_free(&r);
-    }
+        th_recv_response(fd, false, &r, 3000) == 0 && r.status == 307 &&
+        th_head_header(r.head, "Location", loc, cap) != NULL)
+        took = th_now_ms() - t0;
+    th_raw_resp_free(&r);
     close(fd);
     return took;
 }
